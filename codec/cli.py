@@ -1,0 +1,200 @@
+"""The `vqz` command line: encode, decode, info, models.
+
+Every failure a user can cause (missing file, not an image, corrupt or
+truncated .vqz, other weights, bad option) is one line on stderr and exit
+code 2; `--debug` shows the traceback instead. Outputs are written
+atomically and never replace a file without --force.
+"""
+from __future__ import annotations
+
+import functools
+import json
+import math
+import sys
+from pathlib import Path
+from typing import Callable, Sequence
+
+import click
+import numpy as np
+
+from bitstream import ChunkKind, Container, ImageInfo, VqzError, parse, serialize
+from codec import registry
+from codec.fileio import atomic_write
+from codec.media import Picture, png_bytes, read_image
+
+EXIT_BAD_INPUT = 2
+
+
+class _Fail(click.ClickException):
+    exit_code = EXIT_BAD_INPUT
+
+    def show(self, file=None) -> None:
+        click.echo(f"vqz: error: {self.message}", err=True)
+
+
+def _friendly(fn: Callable) -> Callable:
+    """Turn expected failures into one line and exit code 2 (traceback with --debug)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except (VqzError, OSError) as exc:
+            if click.get_current_context().find_root().params.get("debug"):
+                raise
+            if isinstance(exc, OSError) and exc.filename:
+                raise _Fail(f"{exc.filename}: {exc.strerror or exc}") from None
+            raise _Fail(str(exc)) from None
+
+    return wrapper
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--debug", is_flag=True, help="Show tracebacks instead of one-line errors.")
+@click.version_option(package_name="vqz")
+def cli(debug: bool) -> None:
+    """vqz: learned image (and audio) codec.
+
+    \b
+    vqz encode photo.png            -> photo.vqz
+    vqz decode photo.vqz            -> photo.png
+    vqz info photo.vqz              header, chunks, bits per pixel
+    vqz models                      the codecs this vqz has
+    """
+
+
+def _progress(items: Sequence, label: str):
+    """A progress bar when there is more than one item (on stderr)."""
+    return click.progressbar(items, label=label, file=sys.stderr, hidden=len(items) < 2)
+
+
+def _output_paths(inputs: Sequence[Path], output: Path | None, suffix: str) -> list[Path]:
+    if output is None:
+        return [p.with_suffix(suffix) for p in inputs]
+    if len(inputs) == 1 and not output.is_dir():
+        return [output]
+    if not output.is_dir():
+        raise _Fail(f"-o must be an existing folder when there are {len(inputs)} inputs")
+    return [output / (p.stem + suffix) for p in inputs]
+
+
+def _psnr(a: np.ndarray, b: np.ndarray) -> float:
+    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
+    return math.inf if mse == 0 else 10 * math.log10(255.0**2 / mse)
+
+
+@cli.command()
+@click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("-o", "--output", type=click.Path(path_type=Path), help="Output file (or folder, for several inputs).")
+@click.option("--model", default=None, help=f"Codec name (default {registry.DEFAULT_IMAGE_CODEC}); see `vqz models`.")
+@click.option("-q", "--quality", type=float, default=None, help="Quality level 1..N (fractions interpolate).")
+@click.option("--target-bpp", type=float, default=None, help="Highest quality whose file is at most this many bits per pixel.")
+@click.option("--device", default="cpu", show_default=True, help="cpu or cuda: where the networks run.")
+@click.option("--psnr", "show_psnr", is_flag=True, help="Also decode and print the PSNR.")
+@click.option("-f", "--force", is_flag=True, help="Overwrite existing outputs.")
+@_friendly
+def encode(inputs, output, model, quality, target_bpp, device, show_psnr, force) -> None:
+    """Encode images to .vqz files."""
+    codec = registry.get_codec(model)
+    if quality is not None and target_bpp is not None:
+        raise _Fail("give --quality or --target-bpp, not both")
+    outputs = _output_paths(inputs, output, ".vqz")
+    for path, out in zip(inputs, outputs):
+        if out.exists() and not force:
+            raise _Fail(f"{out} exists (use --force to overwrite)")
+    with _progress(list(zip(inputs, outputs)), "encoding") as items:
+        for path, out in items:
+            picture = read_image(path)
+            if target_bpp is not None:
+                container = codec.encode_to_bpp(picture, target_bpp, device=device)
+            else:
+                container = codec.encode([picture], quality=quality, device=device)[0]
+            data = serialize(container)
+            atomic_write(out, data, force=force)
+            line = f"{path} -> {out}: {len(data):,} bytes, {8 * len(data) / picture.info.pixels:.4f} bpp"
+            if show_psnr:
+                decoded = codec.decode([container], device=device)[0]
+                line += f", PSNR {_psnr(decoded.pixels, picture.pixels):.2f} dB"
+            click.echo(line)
+
+
+@cli.command()
+@click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("-o", "--output", type=click.Path(path_type=Path), help="Output file (or folder, for several inputs).")
+@click.option("--device", default="cpu", show_default=True, help="cpu or cuda: where the networks run.")
+@click.option("-f", "--force", is_flag=True, help="Overwrite existing outputs.")
+@_friendly
+def decode(inputs, output, device, force) -> None:
+    """Decode .vqz files to PNG."""
+    outputs = _output_paths(inputs, output, ".png")
+    for out in outputs:
+        if out.exists() and not force:
+            raise _Fail(f"{out} exists (use --force to overwrite)")
+    with _progress(list(zip(inputs, outputs)), "decoding") as items:
+        for path, out in items:
+            container = parse(Path(path).read_bytes())
+            picture = registry.codec_for(container).decode([container], device=device)[0]
+            atomic_write(out, png_bytes(picture), force=force)
+            click.echo(f"{path} -> {out}: {picture.info.width}x{picture.info.height}")
+
+
+def describe(container: Container, size: int) -> dict:
+    """The header of a parsed file as plain data (what `vqz info` prints)."""
+    media = container.media
+    out = {
+        "format_version": "%d.%d" % container.version,
+        "media": container.media_kind.name.lower(),
+        "codec": container.codec_id,
+        "weights_digest": container.weights_digest.hex(),
+        "file_bytes": size,
+        "metadata": {k: len(v) for k, v in container.metadata.items()},
+        "chunks": [
+            {"kind": ChunkKind(c.kind).name.lower() if c.kind in set(ChunkKind) else f"0x{c.kind:04x}", "bytes": len(c.data)}
+            for c in container.chunks
+        ],
+    }
+    if isinstance(media, ImageInfo):
+        out.update(width=media.width, height=media.height, channels=media.channels, bit_depth=media.bit_depth,
+                   bits_per_pixel=8 * size / media.pixels)
+    else:
+        out.update(sample_rate=media.sample_rate, channels=media.channels, frames=media.frames,
+                   bits_per_second=8 * size / media.seconds if media.frames else 0.0)
+    return out
+
+
+@cli.command()
+@click.argument("file", type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@_friendly
+def info(file: Path, as_json: bool) -> None:
+    """Show the header of a .vqz file (every checksum is verified)."""
+    data = Path(file).read_bytes()
+    d = describe(parse(data), len(data))
+    if as_json:
+        click.echo(json.dumps(d, indent=2))
+        return
+    click.echo(f"{file}: vqz format {d['format_version']}, {d['media']}, codec {d['codec']} (weights {d['weights_digest']})")
+    if d["media"] == "image":
+        click.echo(f"  {d['width']}x{d['height']}, {d['channels']} channel(s), {d['bit_depth']}-bit")
+        click.echo(f"  {d['file_bytes']:,} bytes, {d['bits_per_pixel']:.4f} bits per pixel")
+    else:
+        click.echo(f"  {d['frames']} frames at {d['sample_rate']} Hz, {d['channels']} channel(s)")
+        click.echo(f"  {d['file_bytes']:,} bytes, {d['bits_per_second']:.0f} bits per second")
+    for key, length in d["metadata"].items():
+        click.echo(f"  metadata {key}: {length} bytes")
+    click.echo(f"  {len(d['chunks'])} chunk(s)")
+    for i, c in enumerate(d["chunks"]):
+        click.echo(f"    {i}: {c['kind']}, {c['bytes']:,} bytes")
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def models(as_json: bool) -> None:
+    """List the codecs this vqz has."""
+    rows = [{"name": e.name, "default": e.name == registry.DEFAULT_IMAGE_CODEC, "description": e.description}
+            for e in registry.entries()]
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    for r in rows:
+        click.echo(f"{r['name']:18s} {'(default) ' if r['default'] else ''}{r['description']}")

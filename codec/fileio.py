@@ -1,0 +1,33 @@
+"""Atomic output files: a reader never sees half a file, and nothing is clobbered by accident."""
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+from codec.errors import InvalidRequestError
+
+
+def atomic_write(path: str | os.PathLike, data: bytes, force: bool = False) -> None:
+    """Write `data` to `path` through a temporary file in the same folder and a rename.
+
+    Refuses to replace an existing file unless `force` is set.
+    """
+    target = Path(path)
+    if target.exists() and not force:
+        raise InvalidRequestError(f"{target} exists (use --force to overwrite)")
+    if target.is_dir():
+        raise InvalidRequestError(f"{target} is a directory")
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent or ".")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise

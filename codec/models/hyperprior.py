@@ -1,0 +1,165 @@
+"""Variable-rate hyperprior image model with a Gaussian-mixture latent prior.
+
+The transforms follow Ballé et al. 2018 (GDN analysis/synthesis, latent at
+1/16 resolution, hyper-latent at 1/64).  The latent's prior is a K-component
+Gaussian mixture per element whose weights, means and scales come from the
+hyper-synthesis (Cheng et al. 2020 without the serial context model, which
+would be too slow to decode on a CPU).
+
+One set of weights covers every rate: a learned per-channel *gain* vector per
+quality level scales the latent before rounding and an *inverse gain*
+rescales it before synthesis (Cui et al. 2021, "Asymmetric gained deep image
+compression").  Fractional qualities interpolate the gains geometrically.
+
+This module is pure PyTorch: `forward()` is the training path (noisy latents,
+likelihoods).  Real coding lives in ``codec.image_codec``, which uses
+`analyse()`, `hyper_parameters()` and `synthesise()` so that everything that
+feeds a probability table is computed on the CPU in float64.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from compressai.entropy_models import EntropyBottleneck
+from compressai.layers import GDN
+
+# Rate-distortion trade-offs of the quality levels (MSE on 0..1 images,
+# scaled by 255^2 as in CompressAI's training recipe).  Level 1 is the lowest
+# rate.  They span roughly 0.1 to 1.5 bpp on Kodak once trained.
+DEFAULT_LAMBDAS = (0.0018, 0.0035, 0.0067, 0.0130, 0.0250, 0.0483, 0.0932)
+
+SCALE_MIN = 0.11  # smallest standard deviation of a mixture component
+
+
+@dataclass(frozen=True)
+class HyperpriorConfig:
+    """Everything that determines the network's shape (stored with the weights)."""
+
+    channels: int = 64  # N: width of the transforms
+    latent_channels: int = 96  # M: channels of the coded latent y
+    hyper_channels: int = 64  # channels of the hyper-latent z
+    mixtures: int = 3  # K: Gaussian components per latent element
+    lambdas: tuple[float, ...] = DEFAULT_LAMBDAS
+
+    @property
+    def levels(self) -> int:
+        return len(self.lambdas)
+
+
+def _conv(cin: int, cout: int, k: int = 5, stride: int = 2) -> nn.Conv2d:
+    return nn.Conv2d(cin, cout, k, stride=stride, padding=k // 2)
+
+
+def _deconv(cin: int, cout: int, k: int = 5, stride: int = 2) -> nn.ConvTranspose2d:
+    return nn.ConvTranspose2d(cin, cout, k, stride=stride, padding=k // 2, output_padding=stride - 1)
+
+
+def mixture_likelihood(
+    y: torch.Tensor, weights: torch.Tensor, means: torch.Tensor, scales: torch.Tensor
+) -> torch.Tensor:
+    """P(y) for integer-binned y under a Gaussian mixture; component dim is 1.
+
+    ``y`` has shape (B, M, H, W); the parameters have shape (B, K, M, H, W).
+    """
+    y = y.unsqueeze(1)
+    inv = 1.0 / scales
+    upper = 0.5 * torch.erfc(-(y + 0.5 - means) * inv / math.sqrt(2.0))
+    lower = 0.5 * torch.erfc(-(y - 0.5 - means) * inv / math.sqrt(2.0))
+    p = (weights * (upper - lower)).sum(dim=1)
+    return p.clamp_min(1e-9)
+
+
+class HyperpriorGMM(nn.Module):
+    """Analysis/synthesis transforms, gain units and the hyperprior networks."""
+
+    def __init__(self, config: HyperpriorConfig = HyperpriorConfig()):
+        super().__init__()
+        self.config = config
+        n, m, h, k = config.channels, config.latent_channels, config.hyper_channels, config.mixtures
+        self.g_a = nn.Sequential(
+            _conv(3, n), GDN(n), _conv(n, n), GDN(n), _conv(n, n), GDN(n), _conv(n, m)
+        )
+        self.g_s = nn.Sequential(
+            _deconv(m, n), GDN(n, inverse=True), _deconv(n, n), GDN(n, inverse=True),
+            _deconv(n, n), GDN(n, inverse=True), _deconv(n, 3),
+        )
+        self.h_a = nn.Sequential(
+            _conv(m, n, 3, 1), nn.LeakyReLU(inplace=True),
+            _conv(n, n), nn.LeakyReLU(inplace=True), _conv(n, h),
+        )
+        self.h_s = nn.Sequential(
+            _deconv(h, n), nn.LeakyReLU(inplace=True),
+            _deconv(n, n * 3 // 2), nn.LeakyReLU(inplace=True),
+            _conv(n * 3 // 2, 3 * k * m, 3, 1),
+        )
+        self.entropy_bottleneck = EntropyBottleneck(h)
+        levels = config.levels
+        # Log-gains, initialised so that higher levels quantise more finely.
+        init = torch.linspace(math.log(0.5), math.log(3.0), levels)
+        self.log_gain = nn.Parameter(init[:, None].repeat(1, m).clone())
+        self.log_inverse_gain = nn.Parameter(-init[:, None].repeat(1, m).clone())
+
+    # -- gains -------------------------------------------------------------
+    def gains(self, quality: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-sample (gain, inverse gain), shape (B, M, 1, 1).
+
+        ``quality`` holds 0-based level positions; fractional values
+        interpolate geometrically between neighbouring levels.
+        """
+        q = quality.to(self.log_gain.dtype).clamp(0, self.config.levels - 1)
+        lo = q.floor().long().clamp(max=self.config.levels - 2) if self.config.levels > 1 else q.long()
+        t = (q - lo.to(q.dtype))[:, None]
+        hi = (lo + 1).clamp(max=self.config.levels - 1)
+        log_g = (1 - t) * self.log_gain[lo] + t * self.log_gain[hi]
+        log_ig = (1 - t) * self.log_inverse_gain[lo] + t * self.log_inverse_gain[hi]
+        return log_g.exp()[:, :, None, None], log_ig.exp()[:, :, None, None]
+
+    # -- pieces used by real coding ----------------------------------------
+    def analyse(self, x: torch.Tensor, quality: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Scaled latent y (before rounding) and hyper-latent z (before rounding)."""
+        gain, _ = self.gains(quality)
+        y = self.g_a(x) * gain
+        z = self.h_a(y)
+        return y, z
+
+    def mixture_parameters(self, z_hat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Mixture (weights, means, scales), each (B, K, M, H, W), from the hyper-latent."""
+        k, m = self.config.mixtures, self.config.latent_channels
+        out = self.h_s(z_hat)
+        b, _, hh, ww = out.shape
+        out = out.view(b, 3, k, m, hh, ww)
+        weights = torch.softmax(out[:, 0], dim=1)
+        means = out[:, 1]
+        scales = F.softplus(out[:, 2]) + SCALE_MIN
+        return weights, means, scales
+
+    def synthesise(self, y_hat: torch.Tensor, quality: torch.Tensor) -> torch.Tensor:
+        _, inverse_gain = self.gains(quality)
+        return self.g_s(y_hat * inverse_gain)
+
+    # -- training -------------------------------------------------------------
+    def forward(self, x: torch.Tensor, quality: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Training path: reconstruction plus the likelihoods of y and z.
+
+        The rate uses additive uniform noise; the synthesis sees the rounded
+        latent through a straight-through estimator (mixed quantisation,
+        Minnen & Singh 2020), which is what the decoder will really see.
+        """
+        y, z = self.analyse(x, quality)
+        z_tilde, z_likelihoods = self.entropy_bottleneck(z)
+        weights, means, scales = self.mixture_parameters(z_tilde)
+        if self.training:
+            y_noisy = y + torch.empty_like(y).uniform_(-0.5, 0.5)
+            y_ste = y + (torch.round(y) - y).detach()
+        else:
+            y_noisy = y_ste = torch.round(y)
+        y_likelihoods = mixture_likelihood(y_noisy, weights, means, scales)
+        x_hat = self.synthesise(y_ste, quality)
+        return {"x_hat": x_hat, "likelihoods": {"y": y_likelihoods, "z": z_likelihoods}}
+
+    def parameter_count(self) -> int:
+        return sum(p.numel() for p in self.parameters())

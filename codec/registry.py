@@ -1,0 +1,135 @@
+"""The one codec registry: names users type, ids files carry, and the codecs behind them.
+
+A codec's registry name is also the stable id written into every file it
+makes, so a file always names the codec that can read it. Codecs are built
+lazily (the learned ones load torch and their weights on first use), and at
+most once per process.
+"""
+from __future__ import annotations
+
+import abc
+import importlib
+from dataclasses import dataclass
+from typing import Sequence
+
+from bitstream import Container, MediaKind
+from codec.errors import InvalidRequestError, UnknownCodecError, WeightsMismatchError
+from codec.media import Picture
+
+
+class ImageCodec(abc.ABC):
+    """What every image codec offers: batched encode to containers, batched decode."""
+
+    codec_id: str
+    description: str = ""
+    lossless: bool = False
+    #: number of quality levels (1..levels); 0 for codecs without a quality knob
+    levels: int = 0
+
+    @property
+    def weights_digest(self) -> bytes:
+        """First 8 bytes of the SHA-256 of the weights file (zeros without weights)."""
+        return bytes(8)
+
+    @abc.abstractmethod
+    def encode(
+        self, pictures: Sequence[Picture], quality: float | None = None, device: str = "cpu"
+    ) -> list[Container]:
+        """One container per picture."""
+
+    @abc.abstractmethod
+    def decode(self, containers: Sequence[Container], device: str = "cpu") -> list[Picture]:
+        """One picture per container (each already checked with `check`)."""
+
+    def encode_to_bpp(self, picture: Picture, target_bpp: float, device: str = "cpu") -> Container:
+        """The highest quality whose whole file is at most `target_bpp` bits per pixel.
+
+        Bisection over the continuous quality range (file size grows with
+        quality); if even the lowest quality is larger, that one is returned.
+        """
+        if not self.levels:
+            raise InvalidRequestError(f"{self.codec_id} has no quality setting, so --target-bpp does not apply")
+        if not target_bpp > 0:
+            raise InvalidRequestError("--target-bpp must be positive")
+        from bitstream import serialize
+
+        def attempt(q: float) -> tuple[Container, float]:
+            c = self.encode([picture], quality=q, device=device)[0]
+            return c, 8 * len(serialize(c)) / picture.info.pixels
+
+        best, bpp = attempt(1.0)
+        if bpp > target_bpp:
+            return best
+        top, top_bpp = attempt(float(self.levels))
+        if top_bpp <= target_bpp:
+            return top
+        lo, hi = 1.0, float(self.levels)
+        for _ in range(8):  # quality resolution (levels - 1) / 256
+            mid = (lo + hi) / 2
+            c, b = attempt(mid)
+            if b <= target_bpp:
+                lo, best = mid, c
+            else:
+                hi = mid
+        return best
+
+    def check(self, container: Container) -> None:
+        """Refuse a file made by another codec or with other weights."""
+        if container.codec_id != self.codec_id:
+            raise UnknownCodecError(f"file was made by codec {container.codec_id!r}, not {self.codec_id!r}")
+        if container.media_kind != MediaKind.IMAGE:
+            raise UnknownCodecError(f"{self.codec_id} decodes images, this file holds {container.media_kind.name.lower()}")
+        if container.weights_digest != self.weights_digest:
+            raise WeightsMismatchError(
+                f"file was made with {self.codec_id} weights {container.weights_digest.hex()}, "
+                f"but the installed weights are {self.weights_digest.hex()}"
+            )
+
+
+@dataclass(frozen=True)
+class Entry:
+    name: str
+    target: str  # "module:attribute" of a zero-argument factory
+    description: str
+
+
+_ENTRIES: dict[str, Entry] = {}
+_BUILT: dict[str, ImageCodec] = {}
+DEFAULT_IMAGE_CODEC = "hyperprior-gmm"
+
+
+def register(name: str, target: str, description: str) -> None:
+    if name in _ENTRIES:
+        raise ValueError(f"codec {name!r} is already registered")
+    _ENTRIES[name] = Entry(name, target, description)
+
+
+def entries() -> list[Entry]:
+    return sorted(_ENTRIES.values(), key=lambda e: e.name)
+
+
+def get_codec(name: str | None = None) -> ImageCodec:
+    """The codec registered under `name` (the default image codec if None)."""
+    name = name or DEFAULT_IMAGE_CODEC
+    if name not in _ENTRIES:
+        known = ", ".join(e.name for e in entries())
+        raise UnknownCodecError(f"unknown codec {name!r} (known: {known})")
+    if name not in _BUILT:
+        module, attribute = _ENTRIES[name].target.split(":")
+        _BUILT[name] = getattr(importlib.import_module(module), attribute)()
+    return _BUILT[name]
+
+
+def codec_for(container: Container) -> ImageCodec:
+    """The codec that reads `container`, after checking the file's weights digest."""
+    if container.codec_id not in _ENTRIES:
+        raise UnknownCodecError(f"file was made by codec {container.codec_id!r}, which this vqz does not have")
+    codec = get_codec(container.codec_id)
+    codec.check(container)
+    return codec
+
+
+register("hyperprior-gmm", "codec.image_codec:default_codec",
+         "learned lossy image codec: GDN transforms, Gaussian-mixture hyperprior, one variable-rate model")
+register("lossless-delta", "codec.lossless:LosslessDelta",
+         "simple lossless image codec: left-neighbour prediction, per-channel static tables")

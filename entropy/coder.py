@@ -1,0 +1,225 @@
+"""Range coding of integer symbol arrays under vqz's probability models.
+
+One `Encoder` writes one byte string; the matching `Decoder` reads it back by
+making the same calls in the same order with the same model parameters. The
+coder is constriction's range coder (a queue: first in, first out), so
+several arrays under different models can share one stream.
+
+Models:
+- `CategoricalTable`: a static table of integer frequencies (codebook
+  indices, residuals); stored with a model, device-independent by design.
+- Gaussian, Laplace and K-component Gaussian mixtures with per-symbol
+  parameters (scalar latents); tables are built by ``entropy.tables``.
+
+Every int32 round-trips under every model: a symbol outside a table's
+support is coded as an escape symbol followed by its raw 32 bits.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import constriction
+import numpy as np
+
+from bitstream.errors import VqzError
+from entropy import tables
+
+_PER_SYMBOL_TABLE = constriction.stream.model.Categorical(perfect=False)
+_RAW16 = constriction.stream.model.Uniform(1 << 16)
+CHUNK_SYMBOLS = 1 << 15  # neighbouring symbols sorted together; tables <= 2^15 x 257 doubles
+BLOCK_SYMBOLS = 1 << 10  # symbols per probability table
+MAX_TABLE_SIZE = 1 << 16
+
+
+class EntropyError(VqzError):
+    """Entropy coding failed."""
+
+
+class CorruptStreamError(EntropyError):
+    """A coded stream cannot be decoded with the given model (corrupt, truncated, or wrong model)."""
+
+
+def _as_int32(symbols: np.ndarray) -> np.ndarray:
+    a = np.asarray(symbols)
+    if a.dtype.kind not in "iub":
+        raise TypeError(f"symbols must be integers, not {a.dtype}")
+    a = a.reshape(-1)
+    if a.size and (a.min() < np.iinfo(np.int32).min or a.max() > np.iinfo(np.int32).max):
+        raise ValueError("symbols must fit in int32")
+    return a.astype(np.int32, copy=False)
+
+
+@dataclass(frozen=True)
+class CategoricalTable:
+    """Integer frequencies of the symbols 0..n-1, plus an implicit escape symbol."""
+
+    frequencies: np.ndarray
+
+    def __post_init__(self) -> None:
+        f = np.asarray(self.frequencies)
+        if f.ndim != 1 or not 1 <= f.size <= MAX_TABLE_SIZE or f.dtype.kind not in "iu" or (f.size and f.min() < 0):
+            raise ValueError("frequencies must be a 1-D array of 1..65536 non-negative integers")
+        object.__setattr__(self, "frequencies", f.astype(np.int64))
+        # Escape gets one count; zero counts still get the coder's minimum probability.
+        probs = np.append(f.astype(np.float64), 1.0)
+        object.__setattr__(self, "_model", constriction.stream.model.Categorical(probs, perfect=False))
+
+    @classmethod
+    def from_counts(cls, counts: np.ndarray, total: int = 1 << 16) -> "CategoricalTable":
+        """Frequencies summing to about `total`, every seen symbol at least 1."""
+        c = np.asarray(counts, dtype=np.float64)
+        f = np.floor(c / max(c.sum(), 1.0) * total).astype(np.int64)
+        f[(c > 0) & (f == 0)] = 1
+        return cls(f)
+
+    @property
+    def size(self) -> int:
+        return int(self.frequencies.size)
+
+
+def _split_parameters(weights, means, scales) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    means = np.asarray(means, dtype=np.float64)
+    if means.ndim == 1:
+        means = means[:, None]
+    scales = np.asarray(scales, dtype=np.float64).reshape(means.shape)
+    if weights is None:
+        weights = np.ones_like(means)
+    weights = np.asarray(weights, dtype=np.float64).reshape(means.shape)
+    return np.ascontiguousarray(weights), np.ascontiguousarray(means), np.ascontiguousarray(scales)
+
+
+class _ParametricPlan:
+    """The deterministic part shared by encoder and decoder: quantised parameters, windows, block order."""
+
+    def __init__(self, family: tables.Family, weights, means, scales):
+        w, m, s = _split_parameters(weights, means, scales)
+        self.family = family
+        self.weights, self.means, self.scale_index, self.lo, self.width = tables.plan_parameters(
+            w, m, s, s.view(np.int64), family.tail_width, tables.OCTAVE_MANTISSAS, tables.SCALE_GRID
+        )
+        self.n = self.means.shape[0]
+
+    def blocks(self):
+        """(positions, probability table) per block; the escape is the table's last column.
+
+        Within each run of CHUNK_SYMBOLS neighbouring symbols, symbols are
+        grouped by window width (a stable sort: deterministic), so each
+        block's table is barely wider than its symbols need, while the
+        parameters read stay in cache. The tables of a whole chunk are
+        filled by one parallel kernel call.
+        """
+        for start in range(0, self.n, CHUNK_SYMBOLS):
+            rows = start + np.argsort(self.width[start : start + CHUNK_SYMBOLS], kind="stable")
+            firsts = np.arange(0, rows.size, BLOCK_SYMBOLS)
+            lasts = np.minimum(firsts + BLOCK_SYMBOLS, rows.size)
+            columns = self.width[rows[lasts - 1]].astype(np.int64)  # sorted: the last row is the widest
+            sizes = (lasts - firsts) * (columns + 1)
+            offsets = np.concatenate([[0], np.cumsum(sizes)])
+            flat = np.empty(int(offsets[-1]), np.float64)
+            tables.fill_probabilities(
+                self.family.cdf, self.family.limit, self.weights, self.means, self.scale_index,
+                tables.INVERSE_SCALE_GRID, self.lo, self.width, rows, BLOCK_SYMBOLS, columns, offsets, flat,
+            )
+            for b in range(firsts.size):
+                table = flat[offsets[b] : offsets[b + 1]].reshape(lasts[b] - firsts[b], columns[b] + 1)
+                yield rows[firsts[b] : lasts[b]], table
+
+
+class Encoder:
+    """Accumulates coded arrays; `finish()` returns the stream."""
+
+    def __init__(self) -> None:
+        self._coder = constriction.stream.queue.RangeEncoder()
+
+    def _escape_payload(self, values: np.ndarray) -> None:
+        if values.size:
+            raw = values.astype(np.int32).view(np.uint32)
+            halves = np.stack([raw >> 16, raw & 0xFFFF], axis=1).reshape(-1).astype(np.int32)
+            self._coder.encode(halves, _RAW16)
+
+    def categorical(self, symbols: np.ndarray, table: CategoricalTable) -> None:
+        s = _as_int32(symbols)
+        escaped = (s < 0) | (s >= table.size)
+        idx = np.where(escaped, table.size, s).astype(np.int32)
+        self._coder.encode(idx, table._model)
+        self._escape_payload(s[escaped])
+
+    def _parametric(self, family: tables.Family, symbols, weights, means, scales) -> None:
+        s = _as_int32(symbols)
+        plan = _ParametricPlan(family, weights, means, scales)
+        if plan.n != s.size:
+            raise ValueError(f"{s.size} symbols but {plan.n} parameter sets")
+        escapes = []
+        for pos, probs in plan.blocks():
+            offset = s[pos].astype(np.int64) - plan.lo[pos]
+            escaped = (offset < 0) | (offset >= plan.width[pos])
+            idx = np.where(escaped, probs.shape[1] - 1, offset).astype(np.int32)
+            self._coder.encode(idx, _PER_SYMBOL_TABLE, probs)
+            escapes.append(s[pos][escaped])
+        self._escape_payload(np.concatenate(escapes) if escapes else np.empty(0, np.int32))
+
+    def gaussian(self, symbols: np.ndarray, means: np.ndarray, scales: np.ndarray) -> None:
+        self._parametric(tables.NORMAL, symbols, None, means, scales)
+
+    def laplace(self, symbols: np.ndarray, means: np.ndarray, scales: np.ndarray) -> None:
+        self._parametric(tables.LAPLACE, symbols, None, means, scales)
+
+    def mixture(self, symbols: np.ndarray, weights: np.ndarray, means: np.ndarray, scales: np.ndarray) -> None:
+        """Gaussian mixture: parameters have shape (n, K), weights summing to 1 per row."""
+        self._parametric(tables.NORMAL, symbols, weights, means, scales)
+
+    def finish(self) -> bytes:
+        return self._coder.get_compressed().astype("<u4").tobytes()
+
+
+class Decoder:
+    """Reads a stream written by `Encoder`, call for call."""
+
+    def __init__(self, data: bytes) -> None:
+        if len(data) % 4:
+            raise CorruptStreamError(f"coded stream of {len(data)} bytes is not a whole number of 32-bit words")
+        words = np.frombuffer(data, dtype="<u4").astype(np.uint32)
+        try:
+            self._coder = constriction.stream.queue.RangeDecoder(words)
+        except Exception as exc:  # constriction raises ValueError/AssertionError on bad data
+            raise CorruptStreamError(f"coded stream is invalid: {exc}") from None
+
+    def _decode(self, *args) -> np.ndarray:
+        try:
+            return np.asarray(self._coder.decode(*args), dtype=np.int32)
+        except Exception as exc:
+            raise CorruptStreamError(f"coded stream is corrupt or was coded with another model: {exc}") from None
+
+    def _escape_payload(self, count: int) -> np.ndarray:
+        if not count:
+            return np.empty(0, np.int32)
+        halves = self._decode(_RAW16, 2 * count).astype(np.uint32).reshape(-1, 2)
+        return ((halves[:, 0] << 16) | halves[:, 1]).view(np.int32)
+
+    def categorical(self, table: CategoricalTable, count: int) -> np.ndarray:
+        idx = self._decode(table._model, int(count))
+        escaped = idx == table.size
+        idx[escaped] = self._escape_payload(int(escaped.sum()))
+        return idx
+
+    def _parametric(self, family: tables.Family, weights, means, scales) -> np.ndarray:
+        plan = _ParametricPlan(family, weights, means, scales)
+        out = np.empty(plan.n, np.int32)
+        escaped_positions = []
+        for pos, probs in plan.blocks():
+            idx = self._decode(_PER_SYMBOL_TABLE, probs)
+            escaped = idx == probs.shape[1] - 1
+            out[pos] = (plan.lo[pos] + idx).astype(np.int32)
+            escaped_positions.append(pos[escaped])
+        where = np.concatenate(escaped_positions) if escaped_positions else np.empty(0, np.int64)
+        out[where] = self._escape_payload(where.size)
+        return out
+
+    def gaussian(self, means: np.ndarray, scales: np.ndarray) -> np.ndarray:
+        return self._parametric(tables.NORMAL, None, means, scales)
+
+    def laplace(self, means: np.ndarray, scales: np.ndarray) -> np.ndarray:
+        return self._parametric(tables.LAPLACE, None, means, scales)
+
+    def mixture(self, weights: np.ndarray, means: np.ndarray, scales: np.ndarray) -> np.ndarray:
+        return self._parametric(tables.NORMAL, weights, means, scales)

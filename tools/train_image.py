@@ -1,0 +1,231 @@
+"""Training of the variable-rate hyperprior image model (`vqz train image`).
+
+Designed for a 2-core CPU first, a GPU when there is one:
+- the training photos are decoded once into memory, the large SUN scenes
+  also at half size (less JPEG noise, more scale variety);
+- every step draws random crops, and every sample of the batch its own
+  quality level, so all rate points train together in one set of weights;
+- Adam with linear warm-up, cosine decay and gradient clipping (plain
+  high-learning-rate recipes diverge on this model, see DESIGN.md);
+- checkpoints are written atomically every few minutes and training resumes
+  from them exactly (step, optimiser, random state);
+- a learning curve (minutes, step, bpp, PSNR on held-out photos) is appended
+  to ``curve.csv`` beside the checkpoint.
+
+Kodak is never read here: the held-out photos are BSDS500 test images.
+"""
+from __future__ import annotations
+
+import csv
+import dataclasses
+import math
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from codec.models.hyperprior import HyperpriorConfig, HyperpriorGMM
+
+TRAIN_DIRS = ("bsds500/train", "bsds500/val", "sun_hays80")
+HOLDOUT_DIR = "bsds500/test"
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg"}
+
+
+def _image_files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def load_training_images(data_root: Path, crop: int) -> list[np.ndarray]:
+    """All training photos as HxWx3 uint8 arrays (plus half-size copies of large ones)."""
+    images = []
+    for sub in TRAIN_DIRS:
+        for path in _image_files(data_root / sub):
+            with Image.open(path) as im:
+                im = im.convert("RGB")
+                images.append(np.asarray(im))
+                if min(im.size) >= 2 * crop + 64:
+                    half = im.resize((im.width // 2, im.height // 2), Image.BICUBIC)
+                    images.append(np.asarray(half))
+    if not images:
+        raise FileNotFoundError(f"no training images under {data_root}")
+    return [im for im in images if min(im.shape[:2]) >= crop]
+
+
+def load_holdout(data_root: Path, count: int = 4, size: int = 256) -> torch.Tensor:
+    """Centre crops of the first BSDS500 test photos, as a (count,3,size,size) batch."""
+    crops = []
+    for path in _image_files(data_root / HOLDOUT_DIR)[:count]:
+        with Image.open(path) as im:
+            a = np.asarray(im.convert("RGB"))
+        top, left = (a.shape[0] - size) // 2, (a.shape[1] - size) // 2
+        crops.append(a[top : top + size, left : left + size])
+    return torch.from_numpy(np.stack(crops)).permute(0, 3, 1, 2).float() / 255.0
+
+
+def random_batch(images: list[np.ndarray], batch: int, crop: int, rng: np.random.Generator) -> torch.Tensor:
+    out = np.empty((batch, crop, crop, 3), np.uint8)
+    for i in range(batch):
+        a = images[rng.integers(len(images))]
+        top = rng.integers(a.shape[0] - crop + 1)
+        left = rng.integers(a.shape[1] - crop + 1)
+        c = a[top : top + crop, left : left + crop]
+        if rng.random() < 0.5:
+            c = c[:, ::-1]
+        if rng.random() < 0.5:
+            c = c.transpose(1, 0, 2)
+        out[i] = c
+    return torch.from_numpy(out).permute(0, 3, 1, 2).float().div_(255.0)
+
+
+def rate_distortion_loss(
+    model: HyperpriorGMM, x: torch.Tensor, quality: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Mean over the batch of lambda_q * 255^2 * MSE + bpp; also per-sample bpp and MSE."""
+    out = model(x, quality)
+    pixels = x.shape[2] * x.shape[3]
+    bits = sum(-torch.log2(lk).flatten(1).sum(1) for lk in out["likelihoods"].values())
+    bpp = bits / pixels
+    mse = (out["x_hat"] - x).pow(2).flatten(1).mean(1)
+    lambdas = torch.tensor(model.config.lambdas, dtype=x.dtype, device=x.device)[quality.long()]
+    loss = (lambdas * 255.0**2 * mse + bpp).mean()
+    return loss, bpp.detach(), mse.detach()
+
+
+def learning_rate(step: int, peak: float, warmup: int, total: int) -> float:
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    t = min(1.0, (step - warmup) / max(1, total - warmup))
+    return peak * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * t)))
+
+
+@torch.no_grad()
+def evaluate(model: HyperpriorGMM, holdout: torch.Tensor, device: torch.device) -> list[tuple[int, float, float]]:
+    """(level, estimated bpp, PSNR) on the holdout crops, for every quality level."""
+    model.eval()
+    rows = []
+    x = holdout.to(device)
+    for level in range(model.config.levels):
+        q = torch.full((x.shape[0],), level, device=device)
+        out = model(x, q)
+        bits = sum(-torch.log2(lk).sum() for lk in out["likelihoods"].values())
+        bpp = float(bits) / (x.shape[0] * x.shape[2] * x.shape[3])
+        mse = (out["x_hat"].clamp(0, 1) - x).pow(2).flatten(1).mean(1)
+        psnr = float((10 * torch.log10(1.0 / mse)).mean())
+        rows.append((level + 1, bpp, psnr))
+    model.train()
+    return rows
+
+
+def _atomic_save(obj: object, path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+@dataclasses.dataclass
+class TrainOptions:
+    data_root: Path
+    out_dir: Path
+    steps: int = 60000  # horizon of the learning-rate schedule (and the stop)
+    batch: int = 8
+    crop: int = 128
+    lr: float = 5e-4
+    warmup: int = 500
+    clip: float = 1.0
+    seed: int = 0
+    device: str = "cpu"
+    threads: int = 0
+    checkpoint_minutes: float = 5.0
+    eval_every: int = 500
+    max_minutes: float = 0.0  # 0: no wall-clock limit
+    config: HyperpriorConfig = dataclasses.field(default_factory=HyperpriorConfig)
+
+
+def train(opts: TrainOptions, log=print) -> Path:
+    """Train (or resume) and return the path of the last checkpoint."""
+    if opts.threads:
+        torch.set_num_threads(opts.threads)
+    device = torch.device(opts.device)
+    opts.out_dir.mkdir(parents=True, exist_ok=True)
+    ckpt_path = opts.out_dir / "checkpoint.pt"
+    torch.manual_seed(opts.seed)
+    model = HyperpriorGMM(opts.config).to(device)
+    # The bottleneck's quantiles only serve CompressAI's own coder; ours does not use them.
+    params = [p for n, p in model.named_parameters() if not n.endswith("quantiles")]
+    optimizer = torch.optim.Adam(params, lr=opts.lr)
+    step, minutes_before = 0, 0.0
+    rng = np.random.default_rng(opts.seed)
+    if ckpt_path.exists():
+        state = torch.load(ckpt_path, map_location=device, weights_only=False)
+        if HyperpriorConfig(**state["config"]) != opts.config:
+            raise ValueError(f"{ckpt_path} was trained with another configuration: {state['config']}")
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        step, minutes_before = state["step"], state["minutes"]
+        rng.bit_generator.state = state["numpy_rng"]
+        torch.set_rng_state(state["torch_rng"])
+        log(f"resumed from {ckpt_path} at step {step} ({minutes_before:.1f} min)")
+
+    images = load_training_images(opts.data_root, opts.crop)
+    holdout = load_holdout(opts.data_root)
+    log(f"{len(images)} training images, {model.parameter_count():,} parameters, device {device}")
+    curve_path = opts.out_dir / "curve.csv"
+    new_curve = not curve_path.exists()
+    curve = open(curve_path, "a", newline="")
+    writer = csv.writer(curve)
+    if new_curve:
+        writer.writerow(["minutes", "step", "level", "bpp", "psnr", "device"])
+
+    def save() -> None:
+        _atomic_save(
+            {
+                "config": dataclasses.asdict(opts.config),
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "step": step,
+                "minutes": minutes_before + (time.time() - start) / 60,
+                "numpy_rng": rng.bit_generator.state,
+                "torch_rng": torch.get_rng_state(),
+            },
+            ckpt_path,
+        )
+
+    start = last_save = time.time()
+    levels = opts.config.levels
+    running = None
+    model.train()
+    while step < opts.steps:
+        for group in optimizer.param_groups:
+            group["lr"] = learning_rate(step, opts.lr, opts.warmup, opts.steps)
+        x = random_batch(images, opts.batch, opts.crop, rng).to(device)
+        quality = torch.from_numpy(rng.integers(0, levels, opts.batch)).to(device)
+        loss, bpp, mse = rate_distortion_loss(model, x, quality)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, opts.clip)
+        optimizer.step()
+        step += 1
+        stats = np.array([float(loss), float(bpp.mean()), float((10 * torch.log10(1 / mse)).mean())])
+        running = stats if running is None else 0.98 * running + 0.02 * stats
+        elapsed = (time.time() - start) / 60
+        if step % 50 == 0:
+            log(
+                f"step {step} loss {running[0]:.3f} bpp {running[1]:.3f} psnr {running[2]:.2f} "
+                f"lr {optimizer.param_groups[0]['lr']:.2e} {minutes_before + elapsed:.1f} min"
+            )
+        if step % opts.eval_every == 0 or step == opts.steps:
+            for level, e_bpp, e_psnr in evaluate(model, holdout, device):
+                writer.writerow([f"{minutes_before + elapsed:.2f}", step, level, f"{e_bpp:.4f}", f"{e_psnr:.3f}", device.type])
+            curve.flush()
+        if time.time() - last_save > 60 * opts.checkpoint_minutes:
+            save()
+            last_save = time.time()
+        if opts.max_minutes and elapsed >= opts.max_minutes:
+            break
+    save()
+    curve.close()
+    log(f"checkpoint {ckpt_path} at step {step}")
+    return ckpt_path

@@ -1,0 +1,1 @@
+"""Shipped model weights and their manifest (loaded with importlib.resources, never downloaded)."""
