@@ -15,6 +15,7 @@ A DATA chunk: length of the hyper-latent stream (u32), that stream
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import io
 import math
@@ -79,6 +80,26 @@ def _device(name: str) -> torch.device:
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise InvalidRequestError("--device cuda was asked for, but no CUDA device is available")
     return torch.device(name)
+
+
+@contextlib.contextmanager
+def _reproducible(device: torch.device) -> Iterator[None]:
+    """On the CPU, convolutions whose result does not depend on the thread count.
+
+    oneDNN's float32 kernels change their blocking with the number of
+    threads, so a pixel at a rounding boundary could decode differently on
+    1 and 2 threads; PyTorch's native kernels (im2col + GEMM split over
+    outputs) give the same bits. The cost is measured in docs/models.md.
+    """
+    if device.type != "cpu":
+        yield
+        return
+    previous = torch.backends.mkldnn.enabled
+    torch.backends.mkldnn.enabled = False
+    try:
+        yield
+    finally:
+        torch.backends.mkldnn.enabled = previous
 
 
 def z_frequencies(bottleneck: torch.nn.Module, radius: int) -> np.ndarray:
@@ -155,7 +176,7 @@ class HyperpriorCodec(ImageCodec):
             ph, pw = batch[0][1].padded
             x = torch.stack([_tile_tensor(rgb[i], t, ph, pw) for i, t in batch]).to(dev)
             quality_pos = torch.full((len(batch),), q - 1.0, device=dev)
-            with torch.no_grad():
+            with torch.no_grad(), _reproducible(dev):
                 y, z = model.analyse(x, quality_pos)
             y_int = torch.round(y).to("cpu", torch.int32)
             z_int = torch.round(z).to("cpu", torch.int32)
@@ -167,7 +188,8 @@ class HyperpriorCodec(ImageCodec):
         for i, picture in enumerate(pictures):
             chunks = [Chunk(ChunkKind.DATA, payloads[(i, t)]) for t in tile_grid(*rgb[i].shape[:2], DEFAULT_TILE)]
             metadata = {"icc": picture.icc} if picture.icc else {}
-            out.append(Container(self.codec_id, self._digest, picture.info, params, chunks, metadata))
+            info = picture.without_opaque_alpha().info  # records 1 or 3 channels: what decodes
+            out.append(Container(self.codec_id, self._digest, info, params, chunks, metadata))
         return out
 
     def _code_tile(self, z_int, y_int, weights, means, scales) -> bytes:
@@ -218,7 +240,7 @@ class HyperpriorCodec(ImageCodec):
                 Decoder(s).mixture(weights[b], means[b], scales[b]) for b, s in enumerate(y_streams)
             ]).reshape(len(batch), m, ph // 16, pw // 16)
             quality_pos = torch.tensor([job[2] - 1.0 for job in batch], device=dev)
-            with torch.no_grad():
+            with torch.no_grad(), _reproducible(dev):
                 x = model.synthesise(torch.from_numpy(y_int).to(dev, torch.float32), quality_pos)
             pixels = x.clamp_(0, 1).mul_(255).round_().to("cpu", torch.uint8).permute(0, 2, 3, 1).numpy()
             for b, (i, t, _, _) in enumerate(batch):

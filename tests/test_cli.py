@@ -1,0 +1,144 @@
+"""The command line as a user meets it: outputs, one-line errors, exit code 2."""
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from codec.cli import cli
+
+from conftest import SAMPLE, VECTORS
+
+
+@pytest.fixture()
+def runner() -> CliRunner:
+    return CliRunner()
+
+
+def _ok(result):
+    assert result.exit_code == 0, result.output
+    return result
+
+
+def _bad(result, needle: str):
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and needle in lines[0], result.stderr
+    return result
+
+
+def test_encode_decode_round_trip(runner, tmp_path):
+    src = tmp_path / "p.png"
+    shutil.copy(SAMPLE, src)
+    out = _ok(runner.invoke(cli, ["encode", str(src), "--psnr"]))
+    assert "bpp" in out.output and "PSNR" in out.output
+    assert (tmp_path / "p.vqz").exists()
+    _ok(runner.invoke(cli, ["decode", str(tmp_path / "p.vqz"), "-o", str(tmp_path / "back.png")]))
+    assert Image.open(tmp_path / "back.png").size == Image.open(SAMPLE).size
+
+
+def test_lossless_model_is_exact(runner, tmp_path):
+    _ok(runner.invoke(cli, ["encode", str(SAMPLE), "--model", "lossless-delta", "-o", str(tmp_path / "a.vqz")]))
+    _ok(runner.invoke(cli, ["decode", str(tmp_path / "a.vqz"), "-o", str(tmp_path / "a.png")]))
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "a.png")), np.asarray(Image.open(SAMPLE)))
+
+
+def test_several_inputs_into_a_folder(runner, tmp_path):
+    a, b = tmp_path / "a.png", tmp_path / "b.png"
+    shutil.copy(SAMPLE, a)
+    Image.open(SAMPLE).crop((0, 0, 40, 30)).save(b)
+    outdir = tmp_path / "out"
+    outdir.mkdir()
+    _ok(runner.invoke(cli, ["encode", str(a), str(b), "-o", str(outdir), "-q", "2"]))
+    assert sorted(p.name for p in outdir.iterdir()) == ["a.vqz", "b.vqz"]
+    _bad(runner.invoke(cli, ["encode", str(a), str(b), "-o", str(tmp_path / "nope")]), "folder")
+
+
+def test_refuses_to_overwrite_without_force(runner, tmp_path):
+    out = tmp_path / "x.vqz"
+    out.write_bytes(b"keep me")
+    _bad(runner.invoke(cli, ["encode", str(SAMPLE), "-o", str(out)]), "--force")
+    assert out.read_bytes() == b"keep me"
+    _ok(runner.invoke(cli, ["encode", str(SAMPLE), "-o", str(out), "--force"]))
+    assert out.read_bytes()[:4] == b"\x89VQZ"
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["encode", "missing.png"], "missing.png"),
+    (["decode", "missing.vqz"], "missing.vqz"),
+    (["info", "missing.vqz"], "missing.vqz"),
+    (["encode", str(SAMPLE), "--model", "nope", "-o", "x.vqz"], "unknown codec"),
+    (["encode", str(SAMPLE), "-q", "99", "-o", "x.vqz"], "quality"),
+    (["encode", str(SAMPLE), "--device", "tpu", "-o", "x.vqz"], "device"),
+])
+def test_bad_requests(runner, tmp_path, monkeypatch, args, needle):
+    monkeypatch.chdir(tmp_path)
+    _bad(runner.invoke(cli, args), needle)
+
+
+def test_not_an_image(runner, tmp_path):
+    bad = tmp_path / "notes.png"
+    bad.write_text("hello")
+    _bad(runner.invoke(cli, ["encode", str(bad)]), "not an image")
+
+
+@pytest.mark.parametrize("command", ["decode", "info"])
+def test_corrupt_and_truncated_files(runner, tmp_path, command):
+    data = (VECTORS / "lossless_rgb_33x17.vqz").read_bytes()
+    cases = {"truncated.vqz": (data[:40], "ends"), "flipped.vqz": (data[:-3] + b"\xff" + data[-2:], "corrupt"),
+             "text.vqz": (b"just some text", "not a .vqz file")}
+    for name, (content, needle) in cases.items():
+        (tmp_path / name).write_bytes(content)
+        _bad(runner.invoke(cli, [command, str(tmp_path / name), *(["-o", str(tmp_path / "o.png")] if command == "decode" else [])]), needle)
+    assert not (tmp_path / "o.png").exists()
+
+
+def test_other_weights_are_a_clear_error(runner, tmp_path):
+    data = bytearray((VECTORS / "hyperprior_rgb_80x48.vqz").read_bytes())
+    from bitstream import parse, serialize
+
+    c = parse(bytes(data))
+    c.weights_digest = b"\x01" * 8
+    (tmp_path / "other.vqz").write_bytes(serialize(c))
+    _bad(runner.invoke(cli, ["decode", str(tmp_path / "other.vqz")]), "weights")
+
+
+def test_debug_shows_the_traceback(runner):
+    result = runner.invoke(cli, ["--debug", "info", "missing.vqz"])
+    assert result.exit_code != 0 and isinstance(result.exception, FileNotFoundError)
+
+
+def test_info_reads_every_vector(runner, vector_index):
+    for entry in vector_index.values():
+        out = _ok(runner.invoke(cli, ["info", "--json", str(VECTORS / entry["file"])]))
+        d = json.loads(out.output)
+        assert d["codec"] == entry["codec"] and d["weights_digest"] == entry["weights_digest"]
+        assert d["width"] * d["height"] > 0 and d["bits_per_pixel"] > 0 and d["chunks"]
+        _ok(runner.invoke(cli, ["info", str(VECTORS / entry["file"])]))
+
+
+def test_models_lists_the_registry(runner):
+    out = _ok(runner.invoke(cli, ["models", "--json"]))
+    names = {m["name"] for m in json.loads(out.output)}
+    assert {"hyperprior-gmm", "lossless-delta"} <= names
+
+
+def test_installed_console_script_finds_its_weights(tmp_path):
+    """The `vqz` script of the installed package (not this source tree) encodes with shipped weights."""
+    script = Path(sys.executable).with_name("vqz")
+    if not script.exists():
+        pytest.skip("vqz is not installed in this environment")
+    src = tmp_path / "p.png"
+    Image.open(SAMPLE).crop((0, 0, 64, 64)).save(src)
+    done = subprocess.run([str(script), "encode", str(src)], cwd=tmp_path, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    bad = subprocess.run([str(script), "decode", "missing.vqz"], cwd=tmp_path, capture_output=True, text=True)
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr

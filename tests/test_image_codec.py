@@ -1,0 +1,114 @@
+"""hyperprior-gmm on real and odd-shaped pictures: sizes, channels, tiles, rate control, determinism."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import codec.image_codec as image_codec
+from bitstream import parse, serialize
+from codec.errors import InvalidRequestError, UnsupportedMediaError
+from codec.media import Picture
+from codec.registry import codec_for, get_codec
+
+
+@pytest.fixture(scope="module")
+def gmm():
+    return get_codec("hyperprior-gmm")
+
+
+def _psnr(a, b):
+    return 10 * np.log10(255.0**2 / np.mean((a.astype(float) - b.astype(float)) ** 2))
+
+
+def _round_trip(codec, picture, **kw):
+    container = codec.encode([picture], **kw)[0]
+    data = serialize(container)
+    back = parse(data)
+    return codec_for(back).decode([back])[0], data
+
+
+@pytest.mark.parametrize("shape", [(1, 1, 3), (1, 7, 3), (65, 33, 3), (64, 64, 3), (17, 130, 1)])
+def test_any_size_round_trips(gmm, sample_pixels, shape):
+    h, w, c = shape
+    pixels = sample_pixels[:h, :w, :1] if c == 1 else sample_pixels[:h, :w]
+    decoded, _ = _round_trip(gmm, Picture.from_array(pixels))
+    assert decoded.pixels.shape == pixels.shape and decoded.pixels.dtype == np.uint8
+
+
+def test_quality_controls_the_rate(gmm, sample_pixels):
+    picture = Picture.from_array(sample_pixels)
+    sizes = [len(serialize(gmm.encode([picture], quality=q)[0])) for q in (1, 2.5, 4, gmm.levels)]
+    assert sizes == sorted(sizes) and sizes[0] < sizes[-1]
+
+
+def test_target_bpp_lands_at_or_under_the_target(gmm, sample_pixels):
+    picture = Picture.from_array(sample_pixels)
+    pixels = picture.info.pixels
+    low = 8 * len(serialize(gmm.encode([picture], quality=1)[0])) / pixels
+    high = 8 * len(serialize(gmm.encode([picture], quality=gmm.levels)[0])) / pixels
+    target = (low + high) / 2
+    got = 8 * len(serialize(gmm.encode_to_bpp(picture, target))) / pixels
+    assert got <= target and got > low
+
+
+def test_batch_equals_one_by_one(gmm, sample_pixels):
+    pictures = [Picture.from_array(sample_pixels[:100, :120]), Picture.from_array(sample_pixels[50:, 30:]),
+                Picture.from_array(sample_pixels[:100, 100:220])]
+    batch = [serialize(c) for c in gmm.encode(pictures, quality=3)]
+    single = [serialize(gmm.encode([p], quality=3)[0]) for p in pictures]
+    assert batch == single
+
+
+def test_tiles_each_get_a_chunk_and_join_seamlessly(gmm, sample_pixels, monkeypatch):
+    monkeypatch.setattr(image_codec, "DEFAULT_TILE", 128)
+    picture = Picture.from_array(sample_pixels[:200, :250])
+    container = gmm.encode([picture], quality=5)[0]
+    assert len(container.data_chunks()) == 4
+    decoded = gmm.decode([parse(serialize(container))])[0]
+    assert decoded.pixels.shape == picture.pixels.shape
+    monkeypatch.setattr(image_codec, "DEFAULT_TILE", 1024)
+    whole = gmm.decode([gmm.encode([picture], quality=5)[0]])[0]
+    assert abs(_psnr(decoded.pixels, picture.pixels) - _psnr(whole.pixels, picture.pixels)) < 1.5
+
+
+def test_rgba_grey_and_transparency(gmm, sample_pixels):
+    opaque = np.concatenate([sample_pixels[:32, :32], np.full((32, 32, 1), 255, np.uint8)], axis=2)
+    decoded, _ = _round_trip(gmm, Picture.from_array(opaque))
+    assert decoded.pixels.shape == (32, 32, 3)  # fully opaque alpha is dropped without loss
+    transparent = opaque.copy()
+    transparent[0, 0, 3] = 0
+    with pytest.raises(UnsupportedMediaError, match="transparency"):
+        gmm.encode([Picture.from_array(transparent)])
+
+
+def test_bad_requests(gmm, sample_pixels):
+    picture = Picture.from_array(sample_pixels[:16, :16])
+    for q in (0, gmm.levels + 0.5, float("nan")):
+        with pytest.raises(InvalidRequestError):
+            gmm.encode([picture], quality=q)
+    with pytest.raises(InvalidRequestError):
+        gmm.encode([picture], device="tpu")
+
+
+def test_decoding_does_not_depend_on_the_thread_count(gmm, sample_pixels):
+    """Encode with 1 torch thread, decode with 1 and with 2: the same pixels."""
+    picture = Picture.from_array(sample_pixels)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        data = serialize(gmm.encode([picture], quality=4)[0])
+        one = gmm.decode([parse(data)])[0].pixels
+        torch.set_num_threads(2)
+        two = gmm.decode([parse(data)])[0].pixels
+        again = serialize(gmm.encode([picture], quality=4)[0])
+    finally:
+        torch.set_num_threads(before)
+    assert np.array_equal(one, two)
+    assert again == data
+
+
+def test_icc_profile_survives(gmm, sample_pixels):
+    picture = Picture(sample_pixels[:16, :16].copy(), icc=b"fake icc profile")
+    decoded, _ = _round_trip(gmm, picture)
+    assert decoded.icc == b"fake icc profile"
