@@ -25,14 +25,14 @@ from codec.media import Picture, png_bytes, read_image
 EXIT_BAD_INPUT = 2
 
 
-class _Fail(click.ClickException):
+class UserError(click.ClickException):
     exit_code = EXIT_BAD_INPUT
 
     def show(self, file=None) -> None:
         click.echo(f"vqz: error: {self.message}", err=True)
 
 
-def _friendly(fn: Callable) -> Callable:
+def friendly_errors(fn: Callable) -> Callable:
     """Turn expected failures into one line and exit code 2 (traceback with --debug)."""
 
     @functools.wraps(fn)
@@ -43,8 +43,8 @@ def _friendly(fn: Callable) -> Callable:
             if click.get_current_context().find_root().params.get("debug"):
                 raise
             if isinstance(exc, OSError) and exc.filename:
-                raise _Fail(f"{exc.filename}: {exc.strerror or exc}") from None
-            raise _Fail(str(exc)) from None
+                raise UserError(f"{exc.filename}: {exc.strerror or exc}") from None
+            raise UserError(str(exc)) from None
 
     return wrapper
 
@@ -74,7 +74,7 @@ def _output_paths(inputs: Sequence[Path], output: Path | None, suffix: str) -> l
     if len(inputs) == 1 and not output.is_dir():
         return [output]
     if not output.is_dir():
-        raise _Fail(f"-o must be an existing folder when there are {len(inputs)} inputs")
+        raise UserError(f"-o must be an existing folder when there are {len(inputs)} inputs")
     return [output / (p.stem + suffix) for p in inputs]
 
 
@@ -92,16 +92,16 @@ def _psnr(a: np.ndarray, b: np.ndarray) -> float:
 @click.option("--device", default="cpu", show_default=True, help="cpu or cuda: where the networks run.")
 @click.option("--psnr", "show_psnr", is_flag=True, help="Also decode and print the PSNR.")
 @click.option("-f", "--force", is_flag=True, help="Overwrite existing outputs.")
-@_friendly
+@friendly_errors
 def encode(inputs, output, model, quality, target_bpp, device, show_psnr, force) -> None:
     """Encode images to .vqz files."""
     codec = registry.get_codec(model)
     if quality is not None and target_bpp is not None:
-        raise _Fail("give --quality or --target-bpp, not both")
+        raise UserError("give --quality or --target-bpp, not both")
     outputs = _output_paths(inputs, output, ".vqz")
     for path, out in zip(inputs, outputs):
         if out.exists() and not force:
-            raise _Fail(f"{out} exists (use --force to overwrite)")
+            raise UserError(f"{out} exists (use --force to overwrite)")
     with _progress(list(zip(inputs, outputs)), "encoding") as items:
         for path, out in items:
             picture = read_image(path)
@@ -123,13 +123,13 @@ def encode(inputs, output, model, quality, target_bpp, device, show_psnr, force)
 @click.option("-o", "--output", type=click.Path(path_type=Path), help="Output file (or folder, for several inputs).")
 @click.option("--device", default="cpu", show_default=True, help="cpu or cuda: where the networks run.")
 @click.option("-f", "--force", is_flag=True, help="Overwrite existing outputs.")
-@_friendly
+@friendly_errors
 def decode(inputs, output, device, force) -> None:
     """Decode .vqz files to PNG."""
     outputs = _output_paths(inputs, output, ".png")
     for out in outputs:
         if out.exists() and not force:
-            raise _Fail(f"{out} exists (use --force to overwrite)")
+            raise UserError(f"{out} exists (use --force to overwrite)")
     with _progress(list(zip(inputs, outputs)), "decoding") as items:
         for path, out in items:
             container = parse(Path(path).read_bytes())
@@ -165,7 +165,7 @@ def describe(container: Container, size: int) -> dict:
 @cli.command()
 @click.argument("file", type=click.Path(path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
-@_friendly
+@friendly_errors
 def info(file: Path, as_json: bool) -> None:
     """Show the header of a .vqz file (every checksum is verified)."""
     data = Path(file).read_bytes()

@@ -5,7 +5,132 @@ codec must not (imports point one way: tools -> codec -> entropy/bitstream).
 """
 from __future__ import annotations
 
-from codec.cli import cli
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from codec.cli import UserError, friendly_errors, cli
+
+
+def _parse_qualities(values: tuple[str, ...]) -> dict[str, list[float]]:
+    out: dict[str, list[float]] = {}
+    for v in values:
+        name, sep, qs = v.partition("=")
+        try:
+            out[name.strip()] = [float(q) for q in qs.split(",")] if sep else []
+        except ValueError:
+            raise UserError(f"--qualities {v!r}: expected CODEC=Q1,Q2,...") from None
+        if not sep or not out[name.strip()]:
+            raise UserError(f"--qualities {v!r}: expected CODEC=Q1,Q2,...")
+    return out
+
+
+@cli.group(name="eval")
+def eval_group() -> None:
+    """Rate-distortion evaluation against other codecs."""
+
+
+@eval_group.command(name="images")
+@click.argument("folder", type=click.Path(path_type=Path))
+@click.option("--codecs", default="vqz:hyperprior-gmm,jpeg,webp,avif,jxl,jpeg2000", show_default=True,
+              help="Comma-separated: jpeg, webp, avif, jxl, jpeg2000, vqz:<model>.")
+@click.option("--qualities", multiple=True, metavar="CODEC=Q1,Q2,...", help="Override a codec's quality sweep.")
+@click.option("--out", "out_dir", type=click.Path(path_type=Path), default=Path("eval-results"), show_default=True)
+@click.option("--reference", default="webp", show_default=True, help="Codec the BD-rates are measured against.")
+@click.option("--anchor", "anchors", multiple=True, type=click.Path(exists=True, path_type=Path),
+              help="Published results JSON (CompressAI schema) to add to the table and plot.")
+@click.option("-j", "--jobs", default=1, show_default=True, help="Worker processes.")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+@friendly_errors
+def eval_images(folder, codecs, qualities, out_dir, reference, anchors, jobs, as_json) -> None:
+    """Encode every image of FOLDER with every codec and quality; write tables and plots to --out."""
+    from tools import baselines
+    from tools.evaluate import evaluate
+
+    names = [c.strip() for c in codecs.split(",") if c.strip()]
+    sweeps = _parse_qualities(qualities)
+    resolved = baselines.resolve(names)
+    total = sum(len(sweeps.get(c.name, c.qualities)) for c in resolved)
+    with click.progressbar(length=total, label="evaluating", file=sys.stderr) as bar:
+        summary = evaluate(folder, names, out_dir, sweeps, reference, jobs, anchors, progress=bar.update)
+    if as_json:
+        click.echo(json.dumps({k: v for k, v in summary.items() if k != "table"}, indent=2))
+        return
+    click.echo(f"{summary['images']} images" + (f", {len(summary['skipped'])} skipped (unreadable): "
+                                                  + ", ".join(summary["skipped"]) if summary["skipped"] else ""))
+    click.echo(summary["table"], nl=False)
+    click.echo(f"results in {out_dir}/ (per_image.csv, <codec>.json, bd.md, rd.png)")
+
+
+@cli.command()
+@click.argument("reference", type=click.Path(exists=True, path_type=Path))
+@click.argument("test", type=click.Path(exists=True, path_type=Path))
+@click.option("--metric", default="psnr-rgb", show_default=True, help="psnr-rgb, ms-ssim-db, ...")
+@click.option("--json", "as_json", is_flag=True)
+@friendly_errors
+def bdrate(reference, test, metric, as_json) -> None:
+    """BD-rate and BD-quality of TEST against REFERENCE (results JSONs)."""
+    from tools.bdrate import compare, load_results
+
+    r = compare(load_results(reference), load_results(test), metric)
+    if as_json:
+        click.echo(json.dumps(r, indent=2))
+        return
+    click.echo(f"{r['test']} vs {r['reference']} ({metric}): BD-rate {r['bd_rate_pct']:+.2f}%, "
+               f"BD-quality {r['bd_quality']:+.3f}")
+
+
+@cli.group()
+def train() -> None:
+    """Train models (resumable)."""
+
+
+@train.command(name="image")
+@click.option("--data", "data_root", type=click.Path(path_type=Path), default=Path("../shared/data/train_images"),
+              show_default=True, help="Folder with bsds500/ and sun_hays80/ (never Kodak).")
+@click.option("--out", "out_dir", type=click.Path(path_type=Path), default=Path("runs/gmm"), show_default=True,
+              help="Checkpoint folder; training resumes from its checkpoint.pt.")
+@click.option("--steps", default=30000, show_default=True, help="Schedule length (and where training stops).")
+@click.option("--batch", default=8, show_default=True)
+@click.option("--crop", default=128, show_default=True)
+@click.option("--lr", default=6e-4, show_default=True)
+@click.option("--device", default="cpu", show_default=True)
+@click.option("--threads", default=0, help="Torch threads (0: default).")
+@click.option("--max-minutes", default=0.0, help="Stop (with a checkpoint) after this long.")
+@click.option("--export", is_flag=True, help="Afterwards, export the checkpoint as the shipped weights.")
+@friendly_errors
+def train_image(data_root, out_dir, steps, batch, crop, lr, device, threads, max_minutes, export) -> None:
+    """Train the hyperprior-gmm image model."""
+    from tools.train_image import TrainOptions, train as run
+
+    if not (data_root / "bsds500").is_dir():
+        raise UserError(f"{data_root}: no bsds500/ training folder there")
+    opts = TrainOptions(data_root=data_root, out_dir=out_dir, steps=steps, batch=batch, crop=crop, lr=lr,
+                        device=device, threads=threads, max_minutes=max_minutes)
+    checkpoint = run(opts, log=lambda m: click.echo(m, err=True))
+    if export:
+        from tools.export_weights import export as do_export
+
+        click.echo(f"wrote {do_export(checkpoint)}")
+
+
+@cli.group()
+def bench() -> None:
+    """Benchmarks (figures for README.md and docs/)."""
+
+
+@bench.command(name="entropy")
+@click.option("--json", "as_json", is_flag=True)
+@click.option("--symbols", default=10**6, show_default=True)
+@click.option("--repeats", default=5, show_default=True)
+@click.pass_context
+def bench_entropy(ctx, as_json, symbols, repeats) -> None:
+    """Entropy layer: coded size over the ideal, throughput."""
+    from tools.bench_entropy import main as run
+
+    ctx.invoke(run, as_json=as_json, symbols=symbols, repeats=repeats)
 
 
 def main() -> None:

@@ -1,0 +1,100 @@
+"""`vqz eval` and `vqz bdrate`: analytic BD cases, real codec round trips, outputs, resume, errors."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from tools import baselines, evaluate
+from tools.bdrate import CurvesDoNotOverlapError, bd_quality, bd_rate
+from tools.cli import cli
+
+RATE = [0.1, 0.25, 0.5, 1.0, 2.0]
+PSNR = [26.0, 29.0, 32.0, 35.5, 39.0]
+
+
+def test_bd_rate_analytic_cases():
+    assert bd_rate(RATE, PSNR, [0.8 * r for r in RATE], PSNR) == pytest.approx(-20.0, abs=1e-9)
+    assert bd_rate(RATE, PSNR, RATE, PSNR) == pytest.approx(0.0, abs=1e-12)
+    assert bd_rate(RATE, PSNR, [1.25 * r for r in RATE], PSNR) == pytest.approx(25.0, abs=1e-9)
+    assert bd_quality(RATE, PSNR, RATE, [p + 0.5 for p in PSNR]) == pytest.approx(0.5, abs=1e-9)
+
+
+def test_bd_rate_refuses_curves_that_do_not_overlap():
+    with pytest.raises(CurvesDoNotOverlapError, match="do not overlap"):
+        bd_rate(RATE, PSNR, RATE, [p + 20 for p in PSNR])
+
+
+@pytest.mark.parametrize("name", sorted(baselines.CLASSICAL))
+def test_classical_codecs_round_trip(name, sample_pixels):
+    codec = baselines.CLASSICAL[name]
+    pixels = sample_pixels[:48, :64]
+    for q in (codec.qualities[0], codec.qualities[-1]):
+        data = codec.encode(pixels, q)
+        out = codec.decode(data)
+        assert out.shape == pixels.shape and out.dtype == np.uint8
+    low = evaluate.psnr(pixels, codec.decode(codec.encode(pixels, codec.qualities[0])))
+    high = evaluate.psnr(pixels, codec.decode(codec.encode(pixels, codec.qualities[-1])))
+    assert high > low
+
+
+@pytest.fixture()
+def image_folder(tmp_path, sample_pixels):
+    folder = tmp_path / "images"
+    folder.mkdir()
+    Image.fromarray(sample_pixels[:, :200]).save(folder / "a.png")
+    Image.fromarray(sample_pixels[40:, 30:]).save(folder / "b.png")
+    (folder / "broken.png").write_text("not an image")
+    return folder
+
+
+def test_eval_outputs_resume_and_schema(image_folder, tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    sweeps = {"jpeg": [20, 60, 90], "webp": [10, 50, 90]}
+    summary = evaluate.evaluate(image_folder, ["jpeg", "webp"], out, sweeps, reference="webp")
+    assert summary["images"] == 2 and summary["skipped"] == ["broken.png"]
+    for name in ("jpeg", "webp"):
+        doc = json.loads((out / f"{name}.json").read_text())
+        assert doc["name"] == name
+        res = doc["results"]
+        for key in ("bpp", "psnr-rgb", "ms-ssim", "encoding_time", "decoding_time"):
+            assert len(res[key]) == 3 and all(isinstance(v, float) for v in res[key])
+        assert res["bpp"] == sorted(res["bpp"]) and 0 < res["ms-ssim"][0] <= 1
+    assert (out / "rd.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "| jpeg |" in (out / "bd.md").read_text()
+    rows = (out / "per_image.csv").read_text().splitlines()
+    assert len(rows) == 1 + 2 * 3 * 2
+
+    calls = []
+    monkeypatch.setattr(evaluate, "run_task", lambda *a, **k: calls.append(a) or [])
+    again = evaluate.evaluate(image_folder, ["jpeg", "webp"], out, sweeps, reference="webp")
+    assert calls == [] and again["codecs"] == summary["codecs"]
+
+
+def test_eval_cli_errors(image_folder, tmp_path):
+    runner = CliRunner()
+    r = runner.invoke(cli, ["eval", "images", str(image_folder), "--codecs", "jpeg,nonsense"])
+    assert r.exit_code == 2 and "unknown codec" in r.stderr
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    r = runner.invoke(cli, ["eval", "images", str(empty), "--codecs", "jpeg"])
+    assert r.exit_code == 2 and "no images" in r.stderr
+
+
+def test_bdrate_cli(tmp_path):
+    ref = {"name": "ref", "results": {"bpp": RATE, "psnr-rgb": PSNR}}
+    test = {"name": "test", "results": {"bpp": [0.8 * r for r in RATE], "psnr-rgb": PSNR}}
+    far = {"name": "far", "results": {"bpp": RATE, "psnr-rgb": [p + 30 for p in PSNR]}}
+    for name, doc in (("ref", ref), ("test", test), ("far", far)):
+        (tmp_path / f"{name}.json").write_text(json.dumps(doc))
+    runner = CliRunner()
+    r = runner.invoke(cli, ["bdrate", str(tmp_path / "ref.json"), str(tmp_path / "test.json")])
+    assert r.exit_code == 0 and "-20.00%" in r.output
+    r = runner.invoke(cli, ["bdrate", str(tmp_path / "ref.json"), str(tmp_path / "far.json")])
+    assert r.exit_code == 2 and "do not overlap" in r.stderr
+    (tmp_path / "bad.json").write_text("{}")
+    r = runner.invoke(cli, ["bdrate", str(tmp_path / "ref.json"), str(tmp_path / "bad.json")])
+    assert r.exit_code == 2 and "schema" in r.stderr

@@ -1,0 +1,96 @@
+"""Bjøntegaard deltas between two rate-distortion curves.
+
+BD-rate: the average difference of log-rate at equal quality, over the
+quality range both curves cover, as a percentage (negative: the test codec
+needs fewer bits). BD-PSNR: the average quality difference at equal
+log-rate. Both integrate piecewise cubic (PCHIP, monotone) interpolants, as
+in the common modern implementations, rather than Bjøntegaard's original
+global cubic fit, which overshoots on curves with many points.
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+from scipy.interpolate import PchipInterpolator
+
+from bitstream.errors import VqzError
+
+
+class CurvesDoNotOverlapError(VqzError):
+    """The two curves share no quality (or rate) range, so no delta is defined."""
+
+
+def _prepare(rate: Sequence[float], quality: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
+    r = np.asarray(rate, dtype=np.float64)
+    q = np.asarray(quality, dtype=np.float64)
+    keep = np.isfinite(r) & np.isfinite(q) & (r > 0)
+    r, q = r[keep], q[keep]
+    if r.size < 2:
+        raise ValueError("a curve needs at least two points with positive rate")
+    order = np.argsort(q)
+    return np.log(r[order]), q[order]
+
+
+def _average_difference(x1, y1, x2, y2, what: str) -> float:
+    """Mean of y2(x) - y1(x) over the common x range; x must be strictly increasing."""
+    for x in (x1, x2):
+        if np.any(np.diff(x) <= 0):
+            raise ValueError(f"a curve is not monotonic in {what}")
+    lo, hi = max(x1[0], x2[0]), min(x1[-1], x2[-1])
+    if not hi > lo:
+        raise CurvesDoNotOverlapError(
+            f"the curves do not overlap in {what} ([{x1[0]:.3g}, {x1[-1]:.3g}] vs [{x2[0]:.3g}, {x2[-1]:.3g}])"
+        )
+    i1 = PchipInterpolator(x1, y1).integrate(lo, hi)
+    i2 = PchipInterpolator(x2, y2).integrate(lo, hi)
+    return float((i2 - i1) / (hi - lo))
+
+
+def bd_rate(ref_rate, ref_quality, test_rate, test_quality) -> float:
+    """Percent rate difference of test against reference at equal quality."""
+    lr1, q1 = _prepare(ref_rate, ref_quality)
+    lr2, q2 = _prepare(test_rate, test_quality)
+    return (math.exp(_average_difference(q1, lr1, q2, lr2, "quality")) - 1.0) * 100.0
+
+
+def bd_quality(ref_rate, ref_quality, test_rate, test_quality) -> float:
+    """Average quality difference (e.g. dB) of test against reference at equal rate."""
+    lr1, q1 = _prepare(ref_rate, ref_quality)
+    lr2, q2 = _prepare(test_rate, test_quality)
+    o1, o2 = np.argsort(lr1), np.argsort(lr2)
+    return _average_difference(lr1[o1], q1[o1], lr2[o2], q2[o2], "rate")
+
+
+def load_results(path: str | Path) -> dict:
+    """A results file in CompressAI's schema: {"name", "results": {"bpp": [...], "psnr-rgb": [...], ...}}."""
+    try:
+        doc = json.loads(Path(path).read_text())
+        results = doc["results"]
+        if not isinstance(results.get("bpp"), list):
+            raise KeyError("bpp")
+    except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as exc:
+        raise InvalidResultsError(f"{path}: not a results file in CompressAI's schema ({exc})") from None
+    doc.setdefault("name", Path(path).stem)
+    return doc
+
+
+class InvalidResultsError(VqzError):
+    """A results JSON does not follow the expected schema."""
+
+
+def compare(ref: dict, test: dict, metric: str = "psnr-rgb") -> dict:
+    """BD-rate and BD-quality of `test` against `ref` (results dicts), on one metric."""
+    r, t = ref["results"], test["results"]
+    if metric not in r or metric not in t:
+        raise InvalidResultsError(f"both results need the metric {metric!r}")
+    return {
+        "reference": ref["name"],
+        "test": test["name"],
+        "metric": metric,
+        "bd_rate_pct": bd_rate(r["bpp"], r[metric], t["bpp"], t[metric]),
+        "bd_quality": bd_quality(r["bpp"], r[metric], t["bpp"], t[metric]),
+    }

@@ -1,0 +1,252 @@
+"""`vqz eval images`: rate-distortion evaluation of codecs on a folder of images.
+
+For every codec and quality setting, every image is encoded to a complete
+file, decoded, and measured: bpp = 8 x file bytes / pixels (headers
+included), PSNR-RGB and MS-SSIM on the decoded 8-bit image, encode and
+decode seconds. Each (codec, quality) is one task, run in worker processes
+(-j) and saved on completion under OUTDIR/raw/, so an interrupted run
+resumes where it stopped.
+
+Into OUTDIR: per_image.csv, <codec>.json per codec (CompressAI's results
+schema, metrics averaged over images), bd.md (BD-rate/BD-PSNR table against
+the reference codec) and rd.png (the RD plot).
+"""
+from __future__ import annotations
+
+import csv
+import json
+import math
+import multiprocessing
+import os
+import re
+import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+from bitstream.errors import VqzError
+from codec.errors import InvalidRequestError, UnsupportedMediaError
+from codec.media import read_image
+from tools import baselines
+from tools.bdrate import CurvesDoNotOverlapError, compare, load_results
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm"}
+METRICS = ("bpp", "psnr-rgb", "ms-ssim", "ms-ssim-db", "encoding_time", "decoding_time")
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
+    return 100.0 if mse == 0 else 10 * math.log10(255.0**2 / mse)
+
+
+def ms_ssim(a: np.ndarray, b: np.ndarray) -> float:
+    """MS-SSIM on RGB (grey is repeated), 5 scales; NaN for images too small for 5 scales (< 161 px)."""
+    import torch
+    from pytorch_msssim import ms_ssim as _ms_ssim
+
+    if min(a.shape[:2]) < 161:
+        return float("nan")
+    to = lambda x: torch.from_numpy(np.repeat(x, 3, 2) if x.shape[2] == 1 else x.copy()).permute(2, 0, 1)[None].double()
+    return float(_ms_ssim(to(a), to(b), data_range=255.0))
+
+
+@dataclass(frozen=True)
+class Task:
+    codec: str
+    quality: float
+
+    @property
+    def key(self) -> str:
+        return re.sub(r"[^A-Za-z0-9_.-]", "_", f"{self.codec}@{self.quality:g}")
+
+
+def list_images(folder: Path) -> list[Path]:
+    if not folder.is_dir():
+        raise InvalidRequestError(f"{folder} is not a folder")
+    images = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not images:
+        raise InvalidRequestError(f"{folder} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
+    return images
+
+
+def load_images(paths: Sequence[Path]) -> tuple[dict[str, np.ndarray], list[str]]:
+    """Readable images by name (opaque alpha dropped), and the names that could not be read."""
+    good, skipped = {}, []
+    for p in paths:
+        try:
+            good[p.name] = read_image(p).without_opaque_alpha().pixels
+        except (VqzError, OSError):
+            skipped.append(p.name)
+    return good, skipped
+
+
+def run_task(task: Task, images: dict[str, np.ndarray], threads: int = 0) -> list[dict]:
+    """Encode, decode and measure every image at one (codec, quality)."""
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+    codec = baselines.resolve([task.codec])[0]
+    rows = []
+    for name, pixels in images.items():
+        t0 = time.perf_counter()
+        data = codec.encode(pixels, task.quality)
+        t1 = time.perf_counter()
+        decoded = codec.decode(data)
+        t2 = time.perf_counter()
+        if decoded.shape != pixels.shape:
+            raise RuntimeError(f"{task.codec} decoded {name} to shape {decoded.shape}, not {pixels.shape}")
+        m = ms_ssim(pixels, decoded)
+        rows.append({
+            "codec": task.codec, "quality": task.quality, "image": name, "bytes": len(data),
+            "bpp": 8 * len(data) / (pixels.shape[0] * pixels.shape[1]),
+            "psnr-rgb": psnr(pixels, decoded), "ms-ssim": m,
+            "ms-ssim-db": -10 * math.log10(1 - m) if m < 1 else float("nan"),
+            "encoding_time": t1 - t0, "decoding_time": t2 - t1,
+        })
+    return rows
+
+
+def _atomic_json(path: Path, obj) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+def summarise(codec: baselines.EvalCodec, rows: list[dict]) -> dict:
+    """CompressAI-style results: per quality, metrics averaged over images, sorted by rate."""
+    by_quality: dict[float, list[dict]] = {}
+    for r in rows:
+        by_quality.setdefault(r["quality"], []).append(r)
+    points = []
+    for q, rs in by_quality.items():
+        mean = {m: float(np.nanmean([r[m] for r in rs])) if any(np.isfinite(r[m]) for r in rs) else float("nan")
+                for m in METRICS}
+        points.append((mean, q))
+    points.sort(key=lambda p: p[0]["bpp"])
+    results = {m: [p[0][m] for p in points] for m in METRICS}
+    results["quality"] = [p[1] for p in points]
+    return {"name": codec.name, "description": codec.description, "images": len(rows) // max(1, len(points)),
+            "results": results}
+
+
+def bd_table(results: list[dict], reference: str) -> tuple[str, list[dict]]:
+    """Markdown table of BD-rate (PSNR and MS-SSIM) and BD-PSNR against the reference."""
+    ref = next((r for r in results if r["name"] == reference), None)
+    if ref is None:
+        raise InvalidRequestError(f"reference codec {reference!r} is not among the evaluated codecs")
+    lines = [
+        f"| codec | BD-rate vs {reference} (PSNR) | BD-PSNR (dB) | BD-rate (MS-SSIM dB) | bpp range |",
+        "|---|---:|---:|---:|---|",
+    ]
+    rows = []
+    for r in results:
+        if r is ref:
+            continue
+        row = {"codec": r["name"]}
+        for metric, key in (("psnr-rgb", "psnr"), ("ms-ssim-db", "msssim")):
+            try:
+                c = compare(ref, r, metric)
+                row[f"bd_rate_{key}"], row[f"bd_{key}"] = c["bd_rate_pct"], c["bd_quality"]
+            except (CurvesDoNotOverlapError, ValueError):
+                row[f"bd_rate_{key}"] = row[f"bd_{key}"] = None
+        rows.append(row)
+        fmt = lambda v, unit="%": "no overlap" if v is None else f"{v:+.1f}{unit}"
+        bpp = r["results"]["bpp"]
+        lines.append(f"| {r['name']} | {fmt(row['bd_rate_psnr'])} | {fmt(row['bd_psnr'], '')} | "
+                     f"{fmt(row['bd_rate_msssim'])} | {min(bpp):.3f}-{max(bpp):.3f} |")
+    return "\n".join(lines) + "\n", rows
+
+
+def plot(results: list[dict], path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 5), dpi=110)
+    for r in results:
+        res = r["results"]
+        ax.plot(res["bpp"], res["psnr-rgb"], marker="o", markersize=3, label=r["name"],
+                linestyle="--" if r.get("anchor") else "-")
+    ax.set_xlabel("bits per pixel (whole file)")
+    ax.set_ylabel("PSNR-RGB (dB)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    tmp = path.with_name(path.name + ".tmp.png")
+    fig.savefig(tmp, format="png")
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+def evaluate(
+    folder: Path,
+    codec_names: Sequence[str],
+    out_dir: Path,
+    qualities: dict[str, Sequence[float]] | None = None,
+    reference: str = "webp",
+    jobs: int = 1,
+    anchors: Sequence[Path] = (),
+    progress: Callable[[int], object] | None = None,
+) -> dict:
+    """Run (or resume) an evaluation; returns the summary that is also written to OUTDIR."""
+    codecs = baselines.resolve(codec_names)
+    anchor_results = [load_results(a) | {"anchor": True} for a in anchors]
+    images, skipped = load_images(list_images(folder))
+    if not images:
+        raise InvalidRequestError(f"none of the images in {folder} could be read")
+    raw = out_dir / "raw"
+    raw.mkdir(parents=True, exist_ok=True)
+    qualities = qualities or {}
+    tasks = [Task(c.name, float(q)) for c in codecs for q in qualities.get(c.name, c.qualities)]
+    done: dict[Task, list[dict]] = {}
+    for t in tasks:
+        f = raw / f"{t.key}.json"
+        if f.exists():
+            saved = json.loads(f.read_text())
+            if sorted(saved["images"]) == sorted(images):
+                done[t] = saved["rows"]
+    todo = [t for t in tasks if t not in done]
+    if progress:
+        progress(len(tasks) - len(todo))
+
+    def finish(t: Task, rows: list[dict]) -> None:
+        _atomic_json(raw / f"{t.key}.json", {"images": sorted(images), "rows": rows})
+        done[t] = rows
+        if progress:
+            progress(1)
+
+    if jobs > 1 and len(todo) > 1:
+        # spawn, not fork: a forked child inherits torch/numba thread pools mid-state and can hang
+        with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+            futures = {pool.submit(run_task, t, images, 1): t for t in todo}
+            for fut in as_completed(futures):
+                finish(futures[fut], fut.result())
+    else:
+        for t in todo:
+            finish(t, run_task(t, images))
+
+    summaries = []
+    all_rows = []
+    for c in codecs:
+        rows = [r for t in tasks if t.codec == c.name for r in done[t]]
+        all_rows += rows
+        s = summarise(c, rows)
+        summaries.append(s)
+        _atomic_json(out_dir / f"{c.name.replace(':', '-')}.json", s)
+    with open(out_dir / "per_image.csv.tmp", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(all_rows[0]))
+        w.writeheader()
+        w.writerows(all_rows)
+    os.replace(out_dir / "per_image.csv.tmp", out_dir / "per_image.csv")
+    everything = summaries + anchor_results
+    table, bd_rows = bd_table(everything, reference) if len(everything) > 1 else ("", [])
+    (out_dir / "bd.md").write_text(table)
+    plot(everything, out_dir / "rd.png", f"{folder.name}: {len(images)} images")
+    return {"images": len(images), "skipped": skipped, "codecs": summaries, "bd": bd_rows, "table": table,
+            "reference": reference}
