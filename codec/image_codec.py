@@ -15,7 +15,6 @@ A DATA chunk: length of the hyper-latent stream (u32), that stream
 """
 from __future__ import annotations
 
-import contextlib
 import copy
 import io
 import math
@@ -82,26 +81,6 @@ def _device(name: str) -> torch.device:
     return torch.device(name)
 
 
-@contextlib.contextmanager
-def _reproducible(device: torch.device) -> Iterator[None]:
-    """On the CPU, convolutions whose result does not depend on the thread count.
-
-    oneDNN's float32 kernels change their blocking with the number of
-    threads, so a pixel at a rounding boundary could decode differently on
-    1 and 2 threads; PyTorch's native kernels (im2col + GEMM split over
-    outputs) give the same bits. The cost is measured in docs/models.md.
-    """
-    if device.type != "cpu":
-        yield
-        return
-    previous = torch.backends.mkldnn.enabled
-    torch.backends.mkldnn.enabled = False
-    try:
-        yield
-    finally:
-        torch.backends.mkldnn.enabled = previous
-
-
 def z_frequencies(bottleneck: torch.nn.Module, radius: int) -> np.ndarray:
     """Integer tables (C, 2*radius+1) of the factorized hyper-latent prior, built in float64 on the CPU."""
     eb = copy.deepcopy(bottleneck).double().cpu()
@@ -131,6 +110,7 @@ class HyperpriorCodec(ImageCodec):
         # Everything that feeds a probability table runs here: CPU, float64.
         self._hyper_synthesis = copy.deepcopy(self.model).double()
         self._models: dict[str, HyperpriorGMM] = {"cpu": self.model}
+        self._synthesis: dict[str, torch.nn.Module] = {}
 
     @property
     def weights_digest(self) -> bytes:
@@ -141,6 +121,12 @@ class HyperpriorCodec(ImageCodec):
         if key not in self._models:
             self._models[key] = copy.deepcopy(self.model).to(device)
         return self._models[key]
+
+    def _synthesis_on(self, device: torch.device) -> torch.nn.Module:
+        key = str(device)
+        if key not in self._synthesis:
+            self._synthesis[key] = self.model.decoding_synthesis().to(device)
+        return self._synthesis[key]
 
     # -- shared pieces --------------------------------------------------------
     def _mixture(self, z_int: torch.Tensor) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -176,7 +162,7 @@ class HyperpriorCodec(ImageCodec):
             ph, pw = batch[0][1].padded
             x = torch.stack([_tile_tensor(rgb[i], t, ph, pw) for i, t in batch]).to(dev)
             quality_pos = torch.full((len(batch),), q - 1.0, device=dev)
-            with torch.no_grad(), _reproducible(dev):
+            with torch.no_grad():
                 y, z = model.analyse(x, quality_pos)
             y_int = torch.round(y).to("cpu", torch.int32)
             z_int = torch.round(z).to("cpu", torch.int32)
@@ -220,6 +206,7 @@ class HyperpriorCodec(ImageCodec):
     def decode(self, containers: Sequence[Container], device: str = "cpu") -> list[Picture]:
         dev = _device(device)
         model = self._on(dev)
+        synthesis = self._synthesis_on(dev)
         jobs = []  # (container index, tile, quality, payload)
         for i, c in enumerate(containers):
             q, tile = self._parse_params(c)
@@ -240,8 +227,8 @@ class HyperpriorCodec(ImageCodec):
                 Decoder(s).mixture(weights[b], means[b], scales[b]) for b, s in enumerate(y_streams)
             ]).reshape(len(batch), m, ph // 16, pw // 16)
             quality_pos = torch.tensor([job[2] - 1.0 for job in batch], device=dev)
-            with torch.no_grad(), _reproducible(dev):
-                x = model.synthesise(torch.from_numpy(y_int).to(dev, torch.float32), quality_pos)
+            with torch.no_grad():
+                x = model.synthesise(torch.from_numpy(y_int).to(dev, torch.float32), quality_pos, synthesis)
             pixels = x.clamp_(0, 1).mul_(255).round_().to("cpu", torch.uint8).permute(0, 2, 3, 1).numpy()
             for b, (i, t, _, _) in enumerate(batch):
                 canvases[i][t.top : t.top + t.height, t.left : t.left + t.width] = pixels[b, : t.height, : t.width]

@@ -18,6 +18,7 @@ feeds a probability table is computed on the CPU in float64.
 """
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import dataclass
 
@@ -71,6 +72,30 @@ def mixture_likelihood(
     lower = 0.5 * torch.erfc(-(y - 0.5 - means) * inv / math.sqrt(2.0))
     p = (weights * (upper - lower)).sum(dim=1)
     return p.clamp_min(1e-9)
+
+
+class MatmulGDN(nn.Module):
+    """An inference-only (I)GDN whose normalisation is a matrix product.
+
+    compressai's GDN computes its normalisation as a 1x1 convolution, and
+    oneDNN's convolutions change their summation order with the thread
+    count; a matrix product (GEMM split over outputs) does not, so decoded
+    pixels do not depend on how many threads decoded them.
+    """
+
+    def __init__(self, gdn: GDN):
+        super().__init__()
+        c = gdn.beta.numel()
+        with torch.no_grad():
+            self.register_buffer("gamma_t", gdn.gamma_reparam(gdn.gamma).reshape(c, c).t().contiguous())
+            self.register_buffer("beta", gdn.beta_reparam(gdn.beta).clone())
+        self.inverse = gdn.inverse
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c, h, w = x.shape
+        squares = (x * x).permute(0, 2, 3, 1).reshape(-1, c)
+        norm = torch.addmm(self.beta, squares, self.gamma_t).reshape(b, h, w, c).permute(0, 3, 1, 2)
+        return x * (torch.sqrt(norm) if self.inverse else torch.rsqrt(norm))
 
 
 class HyperpriorGMM(nn.Module):
@@ -137,9 +162,15 @@ class HyperpriorGMM(nn.Module):
         scales = F.softplus(out[:, 2]) + SCALE_MIN
         return weights, means, scales
 
-    def synthesise(self, y_hat: torch.Tensor, quality: torch.Tensor) -> torch.Tensor:
+    def synthesise(self, y_hat: torch.Tensor, quality: torch.Tensor, g_s: nn.Module | None = None) -> torch.Tensor:
+        """Reconstruction from the rounded latent; `g_s` may be `decoding_synthesis()`."""
         _, inverse_gain = self.gains(quality)
-        return self.g_s(y_hat * inverse_gain)
+        return (g_s or self.g_s)(y_hat * inverse_gain)
+
+    def decoding_synthesis(self) -> nn.Sequential:
+        """A frozen copy of g_s that decodes to the same pixels on any number of threads."""
+        layers = [MatmulGDN(m) if isinstance(m, GDN) else copy.deepcopy(m) for m in self.g_s]
+        return nn.Sequential(*layers).eval().requires_grad_(False)
 
     # -- training -------------------------------------------------------------
     def forward(self, x: torch.Tensor, quality: torch.Tensor) -> dict[str, torch.Tensor]:

@@ -1,0 +1,182 @@
+"""Benchmarks of the image codec: speed against CompressAI, and tiling (seams, memory).
+
+    python -m tools.bench_image speed [--images 24] [--repeats 5] [--json]
+    python -m tools.bench_image tiles [--json]
+
+speed: per Kodak image, the median of R runs of our whole encode (picture ->
+.vqz bytes) and decode (bytes -> picture), and of CompressAI's
+ScaleHyperprior(128, 192) compress()/decompress() on the same image in the
+same run (random weights: only its time matters). Reports the median over
+images of our time / its time.
+
+tiles: a 2000x2000 mosaic of Kodak images coded whole (one tile) and in
+1024-pixel tiles, PSNR of both; then peak memory (max RSS, in a fresh
+process) of encoding and decoding an 8000x8000 mosaic.
+"""
+from __future__ import annotations
+
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import click
+import numpy as np
+import torch
+
+from bitstream import parse, serialize
+from codec.media import Picture, read_image
+from codec.registry import codec_for, get_codec
+
+KODAK = Path(__file__).resolve().parents[2] / "shared" / "data" / "kodak"
+
+
+def _median_time(fn, repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def speed(kodak: Path, images: int, repeats: int, quality: float) -> dict:
+    from compressai.models import ScaleHyperprior
+
+    torch.manual_seed(0)
+    reference = ScaleHyperprior(128, 192).eval()
+    reference.update(force=True)
+    ours = get_codec("hyperprior-gmm")
+    rows = []
+    for path in sorted(kodak.glob("*.png"))[:images]:
+        picture = read_image(path)
+        x = torch.from_numpy(picture.pixels.copy()).permute(2, 0, 1)[None].float() / 255
+        data = serialize(ours.encode([picture], quality=quality)[0])
+        our_enc = _median_time(lambda: serialize(ours.encode([picture], quality=quality)[0]), repeats)
+        our_dec = _median_time(lambda: codec_for(parse(data)).decode([parse(data)]), repeats)
+        with torch.no_grad():
+            out = reference.compress(x)
+            ref_enc = _median_time(lambda: reference.compress(x), repeats)
+            ref_dec = _median_time(lambda: reference.decompress(out["strings"], out["shape"]), repeats)
+        rows.append({"image": path.name, "ours_encode_s": our_enc, "ours_decode_s": our_dec,
+                     "compressai_encode_s": ref_enc, "compressai_decode_s": ref_dec,
+                     "encode_ratio": our_enc / ref_enc, "decode_ratio": our_dec / ref_dec})
+    return {
+        "images": len(rows), "repeats": repeats, "quality": quality, "threads": torch.get_num_threads(),
+        "encode_ratio_median": statistics.median(r["encode_ratio"] for r in rows),
+        "decode_ratio_median": statistics.median(r["decode_ratio"] for r in rows),
+        "ours_encode_s_median": statistics.median(r["ours_encode_s"] for r in rows),
+        "ours_decode_s_median": statistics.median(r["ours_decode_s"] for r in rows),
+        "compressai_encode_s_median": statistics.median(r["compressai_encode_s"] for r in rows),
+        "compressai_decode_s_median": statistics.median(r["compressai_decode_s"] for r in rows),
+        "per_image": rows,
+    }
+
+
+def mosaic(kodak: Path, size: int) -> np.ndarray:
+    """A size x size picture tiled from the Kodak images (row-major, wrapping)."""
+    tiles = [read_image(p).pixels for p in sorted(kodak.glob("*.png"))]
+    out = np.empty((size, size, 3), np.uint8)
+    k = 0
+    for top in range(0, size, 512):
+        for left in range(0, size, 768):
+            t = tiles[k % len(tiles)][:512, :768]
+            k += 1
+            h, w = min(512, size - top), min(768, size - left)
+            out[top : top + h, left : left + w] = t[:h, :w]
+    return out
+
+
+def _psnr(a: np.ndarray, b: np.ndarray) -> float:
+    return 10 * np.log10(255.0**2 / np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
+
+
+def seams(kodak: Path, quality: float) -> dict:
+    import codec.image_codec as image_codec
+
+    picture = Picture.from_array(mosaic(kodak, 2000))
+    codec = get_codec("hyperprior-gmm")
+    out = {}
+    for label, tile in (("whole", 2048), ("tiled_1024", 1024)):
+        image_codec.DEFAULT_TILE = tile
+        data = serialize(codec.encode([picture], quality=quality)[0])
+        decoded = codec.decode([parse(data)])[0]
+        out[label] = {"bpp": 8 * len(data) / picture.info.pixels, "psnr": _psnr(decoded.pixels, picture.pixels),
+                      "chunks": len(parse(data).data_chunks())}
+    image_codec.DEFAULT_TILE = 1024
+    out["psnr_cost_db"] = out["whole"]["psnr"] - out["tiled_1024"]["psnr"]
+    return out
+
+
+def _peak_child(kodak: Path, size: int, quality: float) -> None:
+    """Runs in a fresh process: encode then decode, print seconds and peak RSS after each."""
+    picture = Picture.from_array(mosaic(kodak, size))
+    codec = get_codec("hyperprior-gmm")
+    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    t = time.perf_counter()
+    data = serialize(codec.encode([picture], quality=quality)[0])
+    enc_s = time.perf_counter() - t
+    after_encode = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    del picture
+    t = time.perf_counter()
+    decoded = codec.decode([parse(data)])[0]
+    dec_s = time.perf_counter() - t
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    print(json.dumps({"size": size, "bytes": len(data), "encode_s": enc_s, "decode_s": dec_s,
+                      "rss_before_kib": base, "peak_rss_after_encode_kib": after_encode, "peak_rss_kib": peak,
+                      "decoded_shape": list(decoded.pixels.shape)}))
+
+
+def peak_memory(kodak: Path, size: int, quality: float) -> dict:
+    done = subprocess.run([sys.executable, "-m", "tools.bench_image", "_peak", str(size), str(quality), str(kodak)],
+                          capture_output=True, text=True, check=True)
+    r = json.loads(done.stdout.strip().splitlines()[-1])
+    r["peak_rss_gib"] = r["peak_rss_kib"] / 2**20
+    return r
+
+
+@click.group()
+def main() -> None:
+    """Image codec benchmarks."""
+
+
+@main.command(name="speed")
+@click.option("--kodak", type=click.Path(path_type=Path), default=KODAK, show_default=True)
+@click.option("--images", default=24, show_default=True)
+@click.option("--repeats", default=5, show_default=True)
+@click.option("--quality", default=4.0, show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+def speed_command(kodak, images, repeats, quality, as_json) -> None:
+    r = speed(kodak, images, repeats, quality)
+    if as_json:
+        click.echo(json.dumps(r, indent=2))
+    else:
+        click.echo(f"{r['images']} images, median of {repeats}, {r['threads']} threads: "
+                   f"encode {r['ours_encode_s_median']:.3f}s vs CompressAI {r['compressai_encode_s_median']:.3f}s "
+                   f"(ratio {r['encode_ratio_median']:.2f}); decode {r['ours_decode_s_median']:.3f}s vs "
+                   f"{r['compressai_decode_s_median']:.3f}s (ratio {r['decode_ratio_median']:.2f})")
+
+
+@main.command(name="tiles")
+@click.option("--kodak", type=click.Path(path_type=Path), default=KODAK, show_default=True)
+@click.option("--quality", default=4.0, show_default=True)
+@click.option("--size", default=8000, show_default=True, help="Side of the memory test image.")
+@click.option("--json", "as_json", is_flag=True)
+def tiles_command(kodak, quality, size, as_json) -> None:
+    r = {"seams_2000": seams(kodak, quality), "memory": peak_memory(kodak, size, quality)}
+    click.echo(json.dumps(r, indent=2))
+
+
+@main.command(name="_peak", hidden=True)
+@click.argument("size", type=int)
+@click.argument("quality", type=float)
+@click.argument("kodak", type=click.Path(path_type=Path))
+def _peak_command(size, quality, kodak) -> None:
+    _peak_child(kodak, size, quality)
+
+
+if __name__ == "__main__":
+    main()
