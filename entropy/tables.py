@@ -84,11 +84,11 @@ def _family(table: np.ndarray, limit: int, tail_width: float) -> Family:
     return Family(np.ascontiguousarray(table[cut : table.size - cut]), float(limit), tail_width)
 
 
-NORMAL = _family(_CDFS[0], 6, 5.0)
+NORMAL = _family(_CDFS[0], 5, 4.5)
 LAPLACE = _family(_CDFS[1], 16, 12.0)
 
 
-@numba.njit(cache=True, inline="always")
+@numba.njit(cache=True, inline="always", error_model="numpy")
 def _cdf_at(table: np.ndarray, t: float) -> float:
     """CDF at table position t = (x + limit) * STEPS, linearly interpolated."""
     if t <= 0.0:
@@ -101,15 +101,24 @@ def _cdf_at(table: np.ndarray, t: float) -> float:
 
 
 _MANTISSA_MASK = (1 << 52) - 1
-OCTAVE_MANTISSAS = (OCTAVE_STEPS.view(np.uint64) & np.uint64(_MANTISSA_MASK)).astype(np.int64)
+_BUCKET_BITS = 10  # the top mantissa bits pick a bucket; each holds at most one grid boundary
+OCTAVE_MANTISSAS = np.append(
+    (OCTAVE_STEPS.view(np.uint64) & np.uint64(_MANTISSA_MASK)).astype(np.int64), np.int64(1) << 52
+)  # index 32: the next octave's first step, above every mantissa
+# BUCKET_FIRST[b]: the first step j whose mantissa is >= the bucket's lowest mantissa.
+BUCKET_FIRST = np.searchsorted(
+    OCTAVE_MANTISSAS, np.arange(1 << _BUCKET_BITS, dtype=np.int64) << (52 - _BUCKET_BITS)
+).astype(np.int64)
 
 
-@numba.njit(cache=True, inline="always")
-def _scale_index(s: float, bits: int, octave_mantissas: np.ndarray, top: int) -> int:
+@numba.njit(cache=True, inline="always", error_model="numpy")
+def _scale_index(s: float, bits: int, octave_mantissas: np.ndarray, bucket_first: np.ndarray, top: int) -> int:
     """Index of the first grid value >= s, from the bits of s (exact, no libm).
 
     For a normal positive double, the biased exponent gives the octave and
-    the 52 mantissa bits order the values within it like the values do.
+    the 52 mantissa bits order the values within it like the values do. The
+    grid's steps (2.2%) are wider than a bucket (0.1%), so the bucket's first
+    candidate is right or one short: one comparison, no search.
     """
     if not s > 0.0625:  # also NaN
         return 0
@@ -117,18 +126,14 @@ def _scale_index(s: float, bits: int, octave_mantissas: np.ndarray, top: int) ->
         return top
     octave = ((bits >> 52) & 0x7FF) - 1023 + 4  # s in [2^(octave-4), 2^(octave-3))
     mantissa = bits & _MANTISSA_MASK
-    j, hi = 0, 32  # first j with octave_mantissas[j] >= mantissa (32: the next octave)
-    while j < hi:
-        mid = (j + hi) // 2
-        if octave_mantissas[mid] >= mantissa:
-            hi = mid
-        else:
-            j = mid + 1
+    j = bucket_first[mantissa >> (52 - _BUCKET_BITS)]
+    if octave_mantissas[j] < mantissa:
+        j += 1
     return min(octave * 32 + j, top)
 
 
-@numba.njit(cache=True, parallel=True)
-def plan_parameters(weights, means, scales, scale_bits, tail_width, octave_mantissas, scale_grid):
+@numba.njit(cache=True, parallel=True, error_model="numpy")
+def plan_parameters(weights, means, scales, scale_bits, tail_width, octave_mantissas, bucket_first, scale_grid):
     """Quantised parameters and coded windows, all (n, K) or (n,).
 
     Returns rounded weights, rounded means, scale-grid indices, the first
@@ -164,7 +169,7 @@ def plan_parameters(weights, means, scales, scale_bits, tail_width, octave_manti
                 m = MAX_ABS_MEAN
             m = math.floor(m * MEAN_STEPS + 0.5) / MEAN_STEPS
             qm[i, c] = m
-            si = _scale_index(scales[i, c], scale_bits[i, c], octave_mantissas, top)
+            si = _scale_index(scales[i, c], scale_bits[i, c], octave_mantissas, bucket_first, top)
             qs[i, c] = si
             s = scale_grid[si]
             a = min(a, m - tail_width * s)
@@ -180,8 +185,8 @@ def plan_parameters(weights, means, scales, scale_bits, tail_width, octave_manti
     return qw, qm, qs, lo, width
 
 
-@numba.njit(cache=True, parallel=True)
-def fill_probabilities(cdf, limit, weights, means, scale_index, inverse_scale_grid, lo, width,
+@numba.njit(cache=True, parallel=True, error_model="numpy")
+def fill_probabilities(cdf, limit, weights, means, scale_index, scale_grid, inverse_scale_grid, lo, width,
                        rows, block_rows, block_columns, block_offsets, out):
     """Probability tables of many blocks at once, into one flat buffer.
 
@@ -203,29 +208,38 @@ def fill_probabilities(cdf, limit, weights, means, scale_index, inverse_scale_gr
             row[j] = 0.0
         wi = width[i]
         base = lo[i]
+        inside = 0.0
         for c in range(k):
             w = weights[i, c]
             inv = inverse_scale_grid[scale_index[i, c]]
+            step = scale_grid[scale_index[i, c]] * (1.0 / CDF_GRID_STEPS_PER_UNIT)  # 1 / dt, exactly
             # t is the CDF table position of the upper edge of symbol base + j.
             t0 = ((base + 0.5 - means[i, c]) * inv + limit) * CDF_GRID_STEPS_PER_UNIT
             dt = inv * CDF_GRID_STEPS_PER_UNIT
-            # Columns whose upper edge lies below the table contribute nothing.
-            j0 = 0
+            # Only columns whose upper edge t lies inside the table (0 < t < last)
+            # need the interpolation; find them first so the loop has no branches.
+            ja = 0
             if t0 <= 0.0:
-                j0 = min(int(-t0 / dt), wi)
-            prev = _cdf_at(cdf, t0 + (j0 - 1) * dt)
-            for j in range(j0, wi):
+                ja = min(int(-t0 * step), wi)
+            while ja < wi and t0 + ja * dt <= 0.0:
+                ja += 1
+            jb = wi
+            if t0 + (wi - 1) * dt >= last:
+                jb = max(ja, min(wi, int((last - t0) * step)))
+                while jb < wi and t0 + jb * dt < last:
+                    jb += 1
+                while jb > ja and t0 + (jb - 1) * dt >= last:
+                    jb -= 1
+            first = _cdf_at(cdf, t0 + (ja - 1) * dt)
+            prev = first
+            for j in range(ja, jb):
                 t = t0 + j * dt
-                if t <= 0.0:
-                    continue
-                if t >= last:
-                    row[j] += w * (1.0 - prev)
-                    break
                 q = int(t)
                 cur = cdf[q] + (t - q) * (cdf[q + 1] - cdf[q])
                 row[j] += w * (cur - prev)
                 prev = cur
-        inside = 0.0
-        for j in range(wi):
-            inside += row[j]
+            if jb < wi:
+                row[jb] += w * (1.0 - prev)
+                prev = 1.0
+            inside += w * (prev - first)  # the component's mass inside the window (telescoped)
         row[columns] = max(1.0 - inside, 0.0)

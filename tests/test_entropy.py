@@ -129,7 +129,7 @@ def test_scale_grid_lookup_matches_a_plain_search():
     s = np.concatenate([np.exp(rng.uniform(-4, 9, 20_000)), grid, np.nextafter(grid, 0), np.nextafter(grid, np.inf)])
     s = s[:, None].copy()
     _, _, index, _, _ = tables.plan_parameters(np.ones_like(s), np.zeros_like(s), s, s.view(np.int64), 5.0,
-                                               tables.OCTAVE_MANTISSAS, grid)
+                                               tables.OCTAVE_MANTISSAS, tables.BUCKET_FIRST, grid)
     assert np.array_equal(index[:, 0], np.minimum(np.searchsorted(grid, s[:, 0]), grid.size - 1))
 
 
