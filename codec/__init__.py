@@ -1,0 +1,58 @@
+"""vqz as a library: batched image coding on CPU or GPU.
+
+    import codec
+    files = codec.encode(images, quality=4)            # list of .vqz bytes
+    pictures = codec.decode(files)                      # list of (H, W, C) uint8 arrays
+
+`images` are (H, W) or (H, W, C) uint8 numpy arrays (C = 1, 3, or 4 for the
+lossless codec) or paths; the networks run batched on `device`, entropy
+coding on the CPU. Errors derive from `codec.VqzError`.
+"""
+from __future__ import annotations
+
+import os
+from typing import Sequence, Union
+
+import numpy as np
+
+from bitstream import VqzError, parse, serialize
+from codec.media import Picture, read_image
+from codec.registry import codec_for, entries, get_codec
+
+ImageLike = Union[np.ndarray, str, os.PathLike]
+
+__all__ = ["VqzError", "Picture", "encode", "decode", "list_codecs", "get_codec"]
+
+
+def _picture(image: ImageLike) -> Picture:
+    if isinstance(image, (str, os.PathLike)):
+        return read_image(image)
+    return Picture.from_array(image)
+
+
+def encode(
+    images: Sequence[ImageLike], model: str | None = None, quality: float | None = None, device: str = "cpu"
+) -> list[bytes]:
+    """Encode many images at once; returns one complete .vqz file (bytes) per image."""
+    codec = get_codec(model)
+    return [serialize(c) for c in codec.encode([_picture(i) for i in images], quality=quality, device=device)]
+
+
+def decode(files: Sequence[bytes], device: str = "cpu") -> list[np.ndarray]:
+    """Decode many .vqz files (bytes); files of the same codec are decoded as one batch."""
+    containers = [parse(f) for f in files]
+    out: list[np.ndarray | None] = [None] * len(containers)
+    by_codec: dict[str, list[int]] = {}
+    for i, c in enumerate(containers):
+        codec_for(c)  # checks codec id and weights digest before any work
+        by_codec.setdefault(c.codec_id, []).append(i)
+    for codec_id, indices in by_codec.items():
+        pictures = get_codec(codec_id).decode([containers[i] for i in indices], device=device)
+        for i, p in zip(indices, pictures):
+            out[i] = p.pixels
+    return out  # type: ignore[return-value]
+
+
+def list_codecs() -> list[str]:
+    """Names of the registered codecs."""
+    return [e.name for e in entries()]

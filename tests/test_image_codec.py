@@ -124,3 +124,17 @@ def test_icc_profile_survives(gmm, sample_pixels):
     picture = Picture(sample_pixels[:16, :16].copy(), icc=b"fake icc profile")
     decoded, _ = _round_trip(gmm, picture)
     assert decoded.icc == b"fake icc profile"
+
+
+def test_library_api_batches_and_reports_errors(sample_pixels):
+    import codec
+
+    images = [sample_pixels[:64, :96], sample_pixels[:50, :50, 0]]
+    files = codec.encode(images, quality=2)
+    lossless = codec.encode([sample_pixels[:20, :20]], model="lossless-delta")
+    decoded = codec.decode(files + lossless)
+    assert [d.shape for d in decoded] == [(64, 96, 3), (50, 50, 1), (20, 20, 3)]
+    assert np.array_equal(decoded[2], sample_pixels[:20, :20])
+    assert "hyperprior-gmm" in codec.list_codecs()
+    with pytest.raises(codec.VqzError):
+        codec.decode([b"not a vqz file"])
