@@ -109,7 +109,12 @@ def train_image(data_root, out_dir, steps, batch, crop, lr, device, threads, max
         raise UserError(f"{data_root}: no bsds500/ training folder there")
     opts = TrainOptions(data_root=data_root, out_dir=out_dir, steps=steps, batch=batch, crop=crop, lr=lr,
                         device=device, threads=threads, max_minutes=max_minutes)
-    checkpoint = run(opts, log=lambda m: click.echo(m, err=True))
+    with click.progressbar(length=steps, label="training", file=sys.stderr,
+                           item_show_func=lambda text: text) as bar:
+        def progress(step: int, summary: str) -> None:
+            bar.update(step - bar.pos, current_item=summary)
+
+        checkpoint = run(opts, log=lambda m: click.echo(m, err=True), progress=progress)
     if export:
         from tools.export_weights import export as do_export
 

@@ -144,8 +144,12 @@ class TrainOptions:
     config: HyperpriorConfig = dataclasses.field(default_factory=HyperpriorConfig)
 
 
-def train(opts: TrainOptions, log=print) -> Path:
-    """Train (or resume) and return the path of the last checkpoint."""
+def train(opts: TrainOptions, log=print, progress=None) -> Path:
+    """Train (or resume) and return the path of the last checkpoint.
+
+    `log(message)` gets occasional lines; `progress(step, summary)` is called
+    after every step (the CLI drives a progress bar with it).
+    """
     if opts.threads:
         torch.set_num_threads(opts.threads)
     device = torch.device(opts.device)
@@ -208,10 +212,12 @@ def train(opts: TrainOptions, log=print) -> Path:
         torch.nn.utils.clip_grad_norm_(params, opts.clip)
         optimizer.step()
         step += 1
-        stats = np.array([float(loss), float(bpp.mean()), float((10 * torch.log10(1 / mse)).mean())])
+        stats = np.array([float(loss.detach()), float(bpp.mean()), float((10 * torch.log10(1 / mse)).mean())])
         running = stats if running is None else 0.98 * running + 0.02 * stats
         elapsed = (time.time() - start) / 60
-        if step % 50 == 0:
+        if progress:
+            progress(step, f"loss {running[0]:.3f} bpp {running[1]:.3f} psnr {running[2]:.2f}")
+        if step % 50 == 0 and not progress:
             log(
                 f"step {step} loss {running[0]:.3f} bpp {running[1]:.3f} psnr {running[2]:.2f} "
                 f"lr {optimizer.param_groups[0]['lr']:.2e} {minutes_before + elapsed:.1f} min"
