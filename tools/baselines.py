@@ -24,10 +24,19 @@ class EvalCodec:
     qualities: tuple[float, ...]  # default sweep, low to high rate
     encode: Callable[[np.ndarray, float], bytes]
     decode: Callable[[bytes], np.ndarray]
+    #: what makes results of this codec stale: library versions, or the weights digest
+    fingerprint: str = ""
 
 
 def _pil_image(pixels: np.ndarray) -> Image.Image:
     return Image.fromarray(pixels[:, :, 0] if pixels.shape[2] == 1 else pixels)
+
+
+def _pil_version(feature: str) -> str:
+    import PIL
+    from PIL import features
+
+    return f"Pillow {PIL.__version__}, {feature} {features.version(feature)}"
 
 
 def _pil_encoder(fmt: str, **fixed) -> Callable[[np.ndarray, float], bytes]:
@@ -58,6 +67,15 @@ def _jxl_encode(pixels: np.ndarray, distance: float) -> bytes:
                                            distance=distance, effort=7))
 
 
+def _imagecodecs_version() -> str:
+    try:
+        import imagecodecs
+
+        return f"imagecodecs {imagecodecs.__version__}"
+    except ImportError:
+        return "imagecodecs missing"
+
+
 def _jxl_decode(data: bytes) -> np.ndarray:
     import imagecodecs
 
@@ -69,15 +87,16 @@ CLASSICAL: dict[str, EvalCodec] = {
     c.name: c
     for c in [
         EvalCodec("jpeg", "JPEG (Pillow, libjpeg-turbo, 4:2:0)", (2, 5, 10, 20, 30, 50, 70, 85, 95),
-                  _pil_encoder("JPEG"), _pil_decode),
+                  _pil_encoder("JPEG"), _pil_decode, _pil_version("jpg")),
         EvalCodec("webp", "WebP (Pillow, libwebp, method 6)", (0, 5, 15, 30, 50, 70, 85, 95),
-                  _pil_encoder("WEBP", method=6), _pil_decode),
+                  _pil_encoder("WEBP", method=6), _pil_decode, _pil_version("webp")),
         EvalCodec("avif", "AVIF (Pillow, libavif, speed 6)", (2, 10, 25, 40, 55, 70, 85, 95),
-                  _pil_encoder("AVIF", speed=6), _pil_decode),
+                  _pil_encoder("AVIF", speed=6), _pil_decode, _pil_version("avif")),
         EvalCodec("jxl", "JPEG XL (imagecodecs, libjxl, effort 7; quality = distance)",
-                  (25.0, 16.0, 10.0, 6.0, 4.0, 2.5, 1.5, 1.0, 0.5), _jxl_encode, _jxl_decode),
+                  (25.0, 16.0, 10.0, 6.0, 4.0, 2.5, 1.5, 1.0, 0.5), _jxl_encode, _jxl_decode,
+                  _imagecodecs_version()),
         EvalCodec("jpeg2000", "JPEG 2000 (Pillow, OpenJPEG; quality = compression ratio)",
-                  (480, 240, 120, 60, 30, 16, 12), _jpeg2000_encode, _pil_decode),
+                  (480, 240, 120, 60, 30, 16, 12), _jpeg2000_encode, _pil_decode, _pil_version("jpg_2000")),
     ]
 }
 
@@ -98,7 +117,8 @@ def vqz_codec(model: str) -> EvalCodec:
         container = parse(data)
         return codec_for(container).decode([container])[0].pixels
 
-    return EvalCodec(f"vqz:{model}", f"vqz {model}: {codec.description}", qualities, encode, decode)
+    return EvalCodec(f"vqz:{model}", f"vqz {model}: {codec.description}", qualities, encode, decode,
+                     f"weights {codec.weights_digest.hex()}")
 
 
 def resolve(names: Sequence[str]) -> list[EvalCodec]:

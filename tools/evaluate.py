@@ -129,8 +129,8 @@ def summarise(codec: baselines.EvalCodec, rows: list[dict]) -> dict:
     points.sort(key=lambda p: p[0]["bpp"])
     results = {m: [p[0][m] for p in points] for m in METRICS}
     results["quality"] = [p[1] for p in points]
-    return {"name": codec.name, "description": codec.description, "images": len(rows) // max(1, len(points)),
-            "results": results}
+    return {"name": codec.name, "description": codec.description, "fingerprint": codec.fingerprint,
+            "images": len(rows) // max(1, len(points)), "results": results}
 
 
 def bd_table(results: list[dict], reference: str) -> tuple[str, list[dict]]:
@@ -204,19 +204,21 @@ def evaluate(
     raw.mkdir(parents=True, exist_ok=True)
     qualities = qualities or {}
     tasks = [Task(c.name, float(q)) for c in codecs for q in qualities.get(c.name, c.qualities)]
+    fingerprints = {c.name: c.fingerprint for c in codecs}
     done: dict[Task, list[dict]] = {}
-    for t in tasks:
+    for t in tasks:  # resume: reuse results of the same images, made by the same library / weights
         f = raw / f"{t.key}.json"
         if f.exists():
             saved = json.loads(f.read_text())
-            if sorted(saved["images"]) == sorted(images):
+            if sorted(saved["images"]) == sorted(images) and saved.get("fingerprint") == fingerprints[t.codec]:
                 done[t] = saved["rows"]
     todo = [t for t in tasks if t not in done]
     if progress:
         progress(len(tasks) - len(todo))
 
     def finish(t: Task, rows: list[dict]) -> None:
-        _atomic_json(raw / f"{t.key}.json", {"images": sorted(images), "rows": rows})
+        _atomic_json(raw / f"{t.key}.json",
+                     {"images": sorted(images), "fingerprint": fingerprints[t.codec], "rows": rows})
         done[t] = rows
         if progress:
             progress(1)
