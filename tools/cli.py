@@ -138,6 +138,34 @@ def bench_entropy(ctx, as_json, symbols, repeats) -> None:
     ctx.invoke(run, as_json=as_json, symbols=symbols, repeats=repeats)
 
 
+@bench.command(name="image-speed")
+@click.option("--kodak", type=click.Path(path_type=Path), default=None, help="Kodak folder (default ../shared/data/kodak).")
+@click.option("--images", default=24, show_default=True)
+@click.option("--repeats", default=5, show_default=True)
+@click.option("--quality", default=4.0, show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def bench_image_speed(ctx, kodak, images, repeats, quality, as_json) -> None:
+    """Encode/decode time per Kodak image against CompressAI's ScaleHyperprior."""
+    from tools import bench_image
+
+    ctx.invoke(bench_image.speed_command, kodak=kodak or bench_image.KODAK, images=images, repeats=repeats,
+               quality=quality, as_json=as_json)
+
+
+@bench.command(name="tiles")
+@click.option("--kodak", type=click.Path(path_type=Path), default=None, help="Kodak folder (default ../shared/data/kodak).")
+@click.option("--quality", default=4.0, show_default=True)
+@click.option("--size", default=8000, show_default=True, help="Side of the memory test image.")
+@click.pass_context
+def bench_tiles(ctx, kodak, quality, size) -> None:
+    """Seam cost of tiling (2000x2000) and peak memory (8000x8000)."""
+    from tools import bench_image
+
+    ctx.invoke(bench_image.tiles_command, kodak=kodak or bench_image.KODAK, quality=quality, size=size,
+               as_json=True)
+
+
 def main() -> None:
     cli(prog_name="vqz")
 
