@@ -1,0 +1,60 @@
+"""The multi-codebook key-value quantiser (building block of the VQ codecs)."""
+from __future__ import annotations
+
+import torch
+
+from codec.models.vq import MultiCodebookQuantiser, kmeans
+
+
+def _data(seed=0, b=4, c=8, h=6, w=6):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(b, c, h, w, generator=g), g
+
+
+def test_indices_pick_the_nearest_key_and_lookup_inverts_grouping():
+    x, g = _data()
+    q = MultiCodebookQuantiser(channels=8, codebooks=2, entries=16)
+    idx = q.nearest(x)
+    assert idx.shape == (4, 2, 6, 6) and idx.dtype == torch.int64
+    keys = q.keys()
+    # brute force for one position of codebook 1 (channels 4..7)
+    v = x[1, 4:8, 2, 3]
+    assert idx[1, 1, 2, 3] == torch.cdist(v[None], keys[1]).argmin()
+    with torch.no_grad():
+        q.values.copy_(keys)  # values = keys: lookup(nearest(x)) is then the plain VQ of x
+    rec = q.lookup(idx)
+    assert torch.allclose(rec[1, 4:8, 2, 3], keys[1, idx[1, 1, 2, 3]])
+    out = q(x)
+    assert torch.equal(out.indices, idx) and torch.allclose(out.values, rec, atol=1e-6)
+
+
+def test_gradients_reach_encoder_values_and_key_map():
+    x, g = _data()
+    x.requires_grad_(True)
+    q = MultiCodebookQuantiser(8, 2, 16)
+    out = q(x)
+    (out.values.pow(2).sum() + out.commitment).backward()
+    assert x.grad is not None and x.grad.abs().sum() > 0
+    assert q.values.grad.abs().sum() > 0 and q.key_map.grad.abs().sum() > 0
+
+
+def test_kmeans_initialisation_and_dead_entry_restart_keep_codebooks_used():
+    x, g = _data(1, b=8, h=16, w=16)
+    q = MultiCodebookQuantiser(8, 2, 32)
+    used_random, _ = q.utilisation(q.nearest(x * 5 + 3), 32)  # far from the random keys: collapse
+    q.initialise(x * 5 + 3, generator=g)
+    used_init, perplexity = q.utilisation(q.nearest(x * 5 + 3), 32)
+    assert used_init.min() > 0.9 and perplexity.min() > 16
+    assert used_init.mean() > used_random.mean()
+    # starve half the entries, then restart them on encoder outputs
+    q.usage[:, :16] = 0
+    assert q.restart_dead_entries(x * 5 + 3, generator=g) == 2 * 16
+    assert torch.allclose(q.keys()[:, :16].abs().mean(), (x * 5 + 3).abs().mean(), rtol=0.5)
+
+
+def test_kmeans_finds_separated_clusters():
+    g = torch.Generator().manual_seed(3)
+    centres = torch.tensor([[0.0, 0.0], [10.0, 0.0], [0.0, 10.0]])
+    x = torch.cat([c + 0.1 * torch.randn(50, 2, generator=g) for c in centres])
+    found = kmeans(x, 3, generator=g)
+    assert torch.cdist(centres, found).min(1).values.max() < 0.5
