@@ -28,7 +28,7 @@ import torch
 from bitstream import Chunk, ChunkKind, Container
 from codec.errors import InvalidRequestError, UnsupportedMediaError
 from codec.media import Picture
-from codec.models.hyperprior import HyperpriorConfig, HyperpriorGMM
+from codec.models.hyperprior import HyperpriorConfig, HyperpriorGMM, frozen
 from codec.registry import ImageCodec
 from codec import weights as shipped
 from entropy import CategoricalTable, CorruptStreamError, Decoder, Encoder
@@ -110,7 +110,7 @@ class HyperpriorCodec(ImageCodec):
         # Everything that feeds a probability table runs here: CPU, float64.
         self._hyper_synthesis = copy.deepcopy(self.model).double()
         self._models: dict[str, HyperpriorGMM] = {"cpu": self.model}
-        self._synthesis: dict[str, torch.nn.Module] = {}
+        self._transforms: dict[str, tuple[torch.nn.Module, torch.nn.Module]] = {}
 
     @property
     def weights_digest(self) -> bytes:
@@ -122,11 +122,12 @@ class HyperpriorCodec(ImageCodec):
             self._models[key] = copy.deepcopy(self.model).to(device)
         return self._models[key]
 
-    def _synthesis_on(self, device: torch.device) -> torch.nn.Module:
+    def _transforms_on(self, device: torch.device) -> tuple[torch.nn.Module, torch.nn.Module]:
+        """(analysis, synthesis) coding-time copies on `device`, built once."""
         key = str(device)
-        if key not in self._synthesis:
-            self._synthesis[key] = self.model.decoding_synthesis().to(device)
-        return self._synthesis[key]
+        if key not in self._transforms:
+            self._transforms[key] = (frozen(self.model.g_a).to(device), frozen(self.model.g_s).to(device))
+        return self._transforms[key]
 
     # -- shared pieces --------------------------------------------------------
     def _mixture(self, z_int: torch.Tensor) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -155,6 +156,7 @@ class HyperpriorCodec(ImageCodec):
         q = self._quality(quality)
         dev = _device(device)
         model = self._on(dev)
+        analysis, _ = self._transforms_on(dev)
         rgb = [self._prepare(p) for p in pictures]
         jobs = [(i, t) for i, a in enumerate(rgb) for t in tile_grid(a.shape[0], a.shape[1], DEFAULT_TILE)]
         payloads: dict[tuple[int, Tile], bytes] = {}
@@ -163,7 +165,7 @@ class HyperpriorCodec(ImageCodec):
             x = torch.stack([_tile_tensor(rgb[i], t, ph, pw) for i, t in batch]).to(dev)
             quality_pos = torch.full((len(batch),), q - 1.0, device=dev)
             with torch.no_grad():
-                y, z = model.analyse(x, quality_pos)
+                y, z = model.analyse(x, quality_pos, analysis)
             y_int = torch.round(y).to("cpu", torch.int32)
             z_int = torch.round(z).to("cpu", torch.int32)
             weights, means, scales = self._mixture(z_int)
@@ -206,7 +208,7 @@ class HyperpriorCodec(ImageCodec):
     def decode(self, containers: Sequence[Container], device: str = "cpu") -> list[Picture]:
         dev = _device(device)
         model = self._on(dev)
-        synthesis = self._synthesis_on(dev)
+        _, synthesis = self._transforms_on(dev)
         jobs = []  # (container index, tile, quality, payload)
         for i, c in enumerate(containers):
             q, tile = self._parse_params(c)

@@ -111,13 +111,19 @@ def test_decoding_does_not_depend_on_the_thread_count(gmm, sample_pixels, size):
     assert np.array_equal(one, two)
 
 
-def test_decoding_synthesis_matches_the_trained_one(gmm):
+def test_coding_transforms_match_the_trained_ones(gmm):
+    from codec.models.hyperprior import frozen
+
     y = torch.randn(2, gmm.config.latent_channels, 6, 5) * 3
+    x = torch.rand(2, 3, 64, 48)
     q = torch.tensor([1.0, 4.5])
     with torch.no_grad():
         a = gmm.model.synthesise(y, q)
-        b = gmm.model.synthesise(y, q, gmm.model.decoding_synthesis())
+        b = gmm.model.synthesise(y, q, frozen(gmm.model.g_s))
+        ya, za = gmm.model.analyse(x, q)
+        yb, zb = gmm.model.analyse(x, q, frozen(gmm.model.g_a))
     assert torch.allclose(a, b, atol=1e-4)
+    assert torch.allclose(ya, yb, atol=1e-4) and torch.allclose(za, zb, atol=1e-3)
 
 
 def test_icc_profile_survives(gmm, sample_pixels):

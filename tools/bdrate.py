@@ -75,6 +75,8 @@ def load_results(path: str | Path) -> dict:
     except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as exc:
         raise InvalidResultsError(f"{path}: not a results file in CompressAI's schema ({exc})") from None
     doc.setdefault("name", Path(path).stem)
+    if "psnr-rgb" not in results and "psnr" in results:  # CompressAI's older files call it "psnr"
+        results["psnr-rgb"] = results["psnr"]
     return doc
 
 
