@@ -9,18 +9,16 @@ from __future__ import annotations
 
 import functools
 import json
-import math
 import sys
 from pathlib import Path
 from typing import Callable, Sequence
 
 import click
-import numpy as np
 
 from bitstream import ChunkKind, Container, ImageInfo, VqzError, parse, serialize
 from codec import registry
 from codec.fileio import atomic_write
-from codec.media import Picture, png_bytes, read_image
+from codec.media import png_bytes, psnr, read_image
 
 EXIT_BAD_INPUT = 2
 
@@ -78,11 +76,6 @@ def _output_paths(inputs: Sequence[Path], output: Path | None, suffix: str) -> l
     return [output / (p.stem + suffix) for p in inputs]
 
 
-def _psnr(a: np.ndarray, b: np.ndarray) -> float:
-    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
-    return math.inf if mse == 0 else 10 * math.log10(255.0**2 / mse)
-
-
 @cli.command()
 @click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("-o", "--output", type=click.Path(path_type=Path), help="Output file (or folder, for several inputs).")
@@ -114,7 +107,7 @@ def encode(inputs, output, model, quality, target_bpp, device, show_psnr, force)
             line = f"{path} -> {out}: {len(data):,} bytes, {8 * len(data) / picture.info.pixels:.4f} bpp"
             if show_psnr:
                 decoded = codec.decode([container], device=device)[0]
-                line += f", PSNR {_psnr(decoded.pixels, picture.pixels):.2f} dB"
+                line += f", PSNR {psnr(picture.pixels, decoded.pixels):.2f} dB"
             click.echo(line)
 
 

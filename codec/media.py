@@ -96,6 +96,12 @@ def read_image(path: str | os.PathLike, limits: Limits = Limits()) -> Picture:
     return load_image(data, os.fspath(path), limits)
 
 
+def psnr(reference: np.ndarray, decoded: np.ndarray) -> float:
+    """PSNR in dB of 8-bit images over all channels (100 dB for identical images)."""
+    mse = float(np.mean((reference.astype(np.float64) - decoded.astype(np.float64)) ** 2))
+    return 100.0 if mse == 0 else 10 * float(np.log10(255.0**2 / mse))
+
+
 def png_bytes(picture: Picture) -> bytes:
     """The picture as a PNG file (with its ICC profile, if any)."""
     p = picture.pixels

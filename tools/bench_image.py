@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from bitstream import parse, serialize
-from codec.media import Picture, read_image
+from codec.media import Picture, psnr, read_image
 from codec.registry import codec_for, get_codec
 
 KODAK = Path(__file__).resolve().parents[2] / "shared" / "data" / "kodak"
@@ -90,10 +90,6 @@ def mosaic(kodak: Path, size: int) -> np.ndarray:
     return out
 
 
-def _psnr(a: np.ndarray, b: np.ndarray) -> float:
-    return 10 * np.log10(255.0**2 / np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
-
-
 def seams(kodak: Path, quality: float) -> dict:
     import codec.image_codec as image_codec
 
@@ -104,7 +100,7 @@ def seams(kodak: Path, quality: float) -> dict:
         image_codec.DEFAULT_TILE = tile
         data = serialize(codec.encode([picture], quality=quality)[0])
         decoded = codec.decode([parse(data)])[0]
-        out[label] = {"bpp": 8 * len(data) / picture.info.pixels, "psnr": _psnr(decoded.pixels, picture.pixels),
+        out[label] = {"bpp": 8 * len(data) / picture.info.pixels, "psnr": psnr(picture.pixels, decoded.pixels),
                       "chunks": len(parse(data).data_chunks())}
     image_codec.DEFAULT_TILE = 1024
     out["psnr_cost_db"] = out["whole"]["psnr"] - out["tiled_1024"]["psnr"]

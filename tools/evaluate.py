@@ -14,10 +14,10 @@ the reference codec) and rd.png (the RD plot).
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 import multiprocessing
-import os
 import re
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -29,17 +29,13 @@ import numpy as np
 
 from bitstream.errors import VqzError
 from codec.errors import InvalidRequestError, UnsupportedMediaError
-from codec.media import read_image
+from codec.fileio import atomic_write
+from codec.media import psnr, read_image
 from tools import baselines
 from tools.bdrate import CurvesDoNotOverlapError, compare, load_results
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm"}
 METRICS = ("bpp", "psnr-rgb", "ms-ssim", "ms-ssim-db", "encoding_time", "decoding_time")
-
-
-def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
-    return 100.0 if mse == 0 else 10 * math.log10(255.0**2 / mse)
 
 
 def ms_ssim(a: np.ndarray, b: np.ndarray) -> float:
@@ -111,9 +107,7 @@ def run_task(task: Task, images: dict[str, np.ndarray], threads: int = 0) -> lis
 
 
 def _atomic_json(path: Path, obj) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2) + "\n")
-    os.replace(tmp, path)
+    atomic_write(path, (json.dumps(obj, indent=2) + "\n").encode(), force=True)
 
 
 def summarise(codec: baselines.EvalCodec, rows: list[dict]) -> dict:
@@ -178,10 +172,10 @@ def plot(results: list[dict], path: Path, title: str) -> None:
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    tmp = path.with_name(path.name + ".tmp.png")
-    fig.savefig(tmp, format="png")
+    png = io.BytesIO()
+    fig.savefig(png, format="png")
     plt.close(fig)
-    os.replace(tmp, path)
+    atomic_write(path, png.getvalue(), force=True)
 
 
 def evaluate(
@@ -241,14 +235,14 @@ def evaluate(
         s = summarise(c, rows)
         summaries.append(s)
         _atomic_json(out_dir / f"{c.name.replace(':', '-')}.json", s)
-    with open(out_dir / "per_image.csv.tmp", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(all_rows[0]))
-        w.writeheader()
-        w.writerows(all_rows)
-    os.replace(out_dir / "per_image.csv.tmp", out_dir / "per_image.csv")
+    table_csv = io.StringIO()
+    w = csv.DictWriter(table_csv, fieldnames=list(all_rows[0]))
+    w.writeheader()
+    w.writerows(all_rows)
+    atomic_write(out_dir / "per_image.csv", table_csv.getvalue().encode(), force=True)
     everything = summaries + anchor_results
     table, bd_rows = bd_table(everything, reference) if len(everything) > 1 else ("", [])
-    (out_dir / "bd.md").write_text(table)
+    atomic_write(out_dir / "bd.md", table.encode(), force=True)
     plot(everything, out_dir / "rd.png", f"{folder.name}: {len(images)} images")
     return {"images": len(images), "skipped": skipped, "codecs": summaries, "bd": bd_rows, "table": table,
             "reference": reference}

@@ -12,12 +12,12 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import os
 from pathlib import Path
 
 import click
 import torch
 
+from codec.fileio import atomic_write
 from codec.image_codec import z_frequencies
 from codec.models.hyperprior import HyperpriorConfig, HyperpriorGMM
 
@@ -26,19 +26,13 @@ Z_RADIUS = 48
 TRAINING_DATA = "BSDS500 train+val (300), SUN-Hays80 (80, also at half size); never Kodak"
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-
-
 def update_manifest(name: str, fields: dict) -> None:
     path = WEIGHTS_DIR / "manifest.json"
     doc = json.loads(path.read_text()) if path.exists() else {"models": []}
     entries = {e["name"]: e for e in doc["models"]}
     entries.setdefault(name, {"name": name}).update(fields)
     doc["models"] = sorted(entries.values(), key=lambda e: e["name"])
-    _write_atomic(path, (json.dumps(doc, indent=2) + "\n").encode())
+    atomic_write(path, (json.dumps(doc, indent=2) + "\n").encode(), force=True)
 
 
 def export(checkpoint: Path, name: str = "hyperprior-gmm") -> Path:
@@ -56,7 +50,7 @@ def export(checkpoint: Path, name: str = "hyperprior-gmm") -> Path:
     torch.save(shipped, buf)
     data = buf.getvalue()
     out = WEIGHTS_DIR / f"{name}.pt"
-    _write_atomic(out, data)
+    atomic_write(out, data, force=True)
     update_manifest(name, {
         "file": out.name,
         "sha256": hashlib.sha256(data).hexdigest(),

@@ -18,8 +18,8 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import io
 import math
-import os
 import time
 from pathlib import Path
 
@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from codec.fileio import atomic_write
 from codec.models.hyperprior import HyperpriorConfig, HyperpriorGMM
 
 TRAIN_DIRS = ("bsds500/train", "bsds500/val", "sun_hays80")
@@ -120,9 +121,9 @@ def evaluate(model: HyperpriorGMM, holdout: torch.Tensor, device: torch.device) 
 
 
 def _atomic_save(obj: object, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    atomic_write(path, buf.getvalue(), force=True)
 
 
 @dataclasses.dataclass
