@@ -20,6 +20,7 @@ import csv
 import dataclasses
 import io
 import math
+import signal
 import time
 from pathlib import Path
 
@@ -198,6 +199,10 @@ def train(opts: TrainOptions, log=print, progress=None) -> Path:
             ckpt_path,
         )
 
+    stop = []  # SIGTERM / SIGINT: finish the step, write a checkpoint, return
+    previous_handlers = {
+        sig: signal.signal(sig, lambda *_: stop.append(True)) for sig in (signal.SIGTERM, signal.SIGINT)
+    }
     start = last_save = time.time()
     levels = opts.config.levels
     running = None
@@ -230,9 +235,11 @@ def train(opts: TrainOptions, log=print, progress=None) -> Path:
         if time.time() - last_save > 60 * opts.checkpoint_minutes:
             save()
             last_save = time.time()
-        if opts.max_minutes and elapsed >= opts.max_minutes:
+        if (opts.max_minutes and elapsed >= opts.max_minutes) or stop:
             break
     save()
+    for sig, handler in previous_handlers.items():
+        signal.signal(sig, handler)
     curve.close()
     log(f"checkpoint {ckpt_path} at step {step}")
     return ckpt_path
