@@ -2,6 +2,7 @@
 
 Needs only the standard library; see docs/bitstream.md for the byte layout.
 """
+
 from bitstream.container import (
     FORMAT_MAJOR,
     FORMAT_MINOR,
@@ -28,4 +29,26 @@ from bitstream.errors import (
     VqzError,
 )
 
-__all__ = [name for name in dir() if not name.startswith("_")]
+__all__ = [
+    "FORMAT_MAJOR",
+    "FORMAT_MINOR",
+    "NO_WEIGHTS",
+    "AudioInfo",
+    "Chunk",
+    "ChunkKind",
+    "Container",
+    "ImageInfo",
+    "Limits",
+    "MediaKind",
+    "parse",
+    "serialize",
+    "BitstreamError",
+    "ChecksumError",
+    "LimitExceededError",
+    "MalformedHeaderError",
+    "NotAVqzFileError",
+    "TruncatedError",
+    "UnsupportedChunkError",
+    "UnsupportedVersionError",
+    "VqzError",
+]

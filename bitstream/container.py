@@ -4,6 +4,7 @@ docs/bitstream.md is the byte-level specification of what is here. Reading
 checks every field against the data's real length and the reader's `Limits`
 before using it, so a hostile file can only raise a `BitstreamError`.
 """
+
 from __future__ import annotations
 
 import re
@@ -201,7 +202,9 @@ def _check_media(media: ImageInfo | AudioInfo, limits: Limits, error=MalformedHe
         if not 1 <= media.channels <= 64:
             raise error(f"audio has {media.channels} channels (1..64 allowed)")
         if media.frames * media.channels > limits.max_samples:
-            raise LimitExceededError(f"audio of {media.frames} frames exceeds the limit of {limits.max_samples} samples")
+            raise LimitExceededError(
+                f"audio of {media.frames} frames exceeds the limit of {limits.max_samples} samples"
+            )
 
 
 def _parse_header(data: bytes | memoryview, limits: Limits) -> tuple[Container, list[tuple[int, int, int]], int]:

@@ -5,6 +5,7 @@ any of them into one line on stderr and exit code 2. It lives here, in the
 lowest layer, because `bitstream` imports nothing of vqz's and everything
 else imports `bitstream`.
 """
+
 from __future__ import annotations
 
 

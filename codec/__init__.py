@@ -8,6 +8,7 @@
 lossless codec) or paths; the networks run batched on `device`, entropy
 coding on the CPU. Errors derive from `codec.VqzError`.
 """
+
 from __future__ import annotations
 
 import os

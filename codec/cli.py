@@ -5,6 +5,7 @@ truncated .vqz, other weights, bad option) is one line on stderr and exit
 code 2; `--debug` shows the traceback instead. Outputs are written
 atomically and never replace a file without --force.
 """
+
 from __future__ import annotations
 
 import functools
@@ -81,7 +82,9 @@ def _output_paths(inputs: Sequence[Path], output: Path | None, suffix: str) -> l
 @click.option("-o", "--output", type=click.Path(path_type=Path), help="Output file (or folder, for several inputs).")
 @click.option("--model", default=None, help=f"Codec name (default {registry.DEFAULT_IMAGE_CODEC}); see `vqz models`.")
 @click.option("-q", "--quality", type=float, default=None, help="Quality level 1..N (fractions interpolate).")
-@click.option("--target-bpp", type=float, default=None, help="Highest quality whose file is at most this many bits per pixel.")
+@click.option(
+    "--target-bpp", type=float, default=None, help="Highest quality whose file is at most this many bits per pixel."
+)
 @click.option("--device", default="cpu", show_default=True, help="cpu or cuda: where the networks run.")
 @click.option("--psnr", "show_psnr", is_flag=True, help="Also decode and print the PSNR.")
 @click.option("-f", "--force", is_flag=True, help="Overwrite existing outputs.")
@@ -142,16 +145,28 @@ def describe(container: Container, size: int) -> dict:
         "file_bytes": size,
         "metadata": {k: len(v) for k, v in container.metadata.items()},
         "chunks": [
-            {"kind": ChunkKind(c.kind).name.lower() if c.kind in set(ChunkKind) else f"0x{c.kind:04x}", "bytes": len(c.data)}
+            {
+                "kind": ChunkKind(c.kind).name.lower() if c.kind in set(ChunkKind) else f"0x{c.kind:04x}",
+                "bytes": len(c.data),
+            }
             for c in container.chunks
         ],
     }
     if isinstance(media, ImageInfo):
-        out.update(width=media.width, height=media.height, channels=media.channels, bit_depth=media.bit_depth,
-                   bits_per_pixel=8 * size / media.pixels)
+        out.update(
+            width=media.width,
+            height=media.height,
+            channels=media.channels,
+            bit_depth=media.bit_depth,
+            bits_per_pixel=8 * size / media.pixels,
+        )
     else:
-        out.update(sample_rate=media.sample_rate, channels=media.channels, frames=media.frames,
-                   bits_per_second=8 * size / media.seconds if media.frames else 0.0)
+        out.update(
+            sample_rate=media.sample_rate,
+            channels=media.channels,
+            frames=media.frames,
+            bits_per_second=8 * size / media.seconds if media.frames else 0.0,
+        )
     return out
 
 
@@ -166,7 +181,9 @@ def info(file: Path, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(d, indent=2))
         return
-    click.echo(f"{file}: vqz format {d['format_version']}, {d['media']}, codec {d['codec']} (weights {d['weights_digest']})")
+    click.echo(
+        f"{file}: vqz format {d['format_version']}, {d['media']}, codec {d['codec']} (weights {d['weights_digest']})"
+    )
     if d["media"] == "image":
         click.echo(f"  {d['width']}x{d['height']}, {d['channels']} channel(s), {d['bit_depth']}-bit")
         click.echo(f"  {d['file_bytes']:,} bytes, {d['bits_per_pixel']:.4f} bits per pixel")
@@ -184,8 +201,10 @@ def info(file: Path, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def models(as_json: bool) -> None:
     """List the codecs this vqz has."""
-    rows = [{"name": e.name, "default": e.name == registry.DEFAULT_IMAGE_CODEC, "description": e.description}
-            for e in registry.entries()]
+    rows = [
+        {"name": e.name, "default": e.name == registry.DEFAULT_IMAGE_CODEC, "description": e.description}
+        for e in registry.entries()
+    ]
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return

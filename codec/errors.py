@@ -1,4 +1,5 @@
 """Errors of the codec layer, in vqz's one hierarchy (rooted at `VqzError`)."""
+
 from __future__ import annotations
 
 from bitstream.errors import VqzError

@@ -1,4 +1,5 @@
 """Atomic output files: a reader never sees half a file, and nothing is clobbered by accident."""
+
 from __future__ import annotations
 
 import os

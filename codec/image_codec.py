@@ -13,6 +13,7 @@ A DATA chunk: length of the hyper-latent stream (u32), that stream
 (one categorical table per hyper-latent channel), then the latent stream
 (Gaussian mixture per element).
 """
+
 from __future__ import annotations
 
 import copy
@@ -26,11 +27,11 @@ import numpy as np
 import torch
 
 from bitstream import Chunk, ChunkKind, Container
+from codec import weights as shipped
 from codec.errors import InvalidRequestError, UnsupportedMediaError
 from codec.media import Picture
 from codec.models.hyperprior import HyperpriorConfig, HyperpriorGMM, frozen
 from codec.registry import ImageCodec
-from codec import weights as shipped
 from entropy import CategoricalTable, CorruptStreamError, Decoder, Encoder
 
 CODEC_ID = "hyperprior-gmm"
@@ -141,7 +142,7 @@ class HyperpriorCodec(ImageCodec):
         q = DEFAULT_QUALITY if quality is None else float(quality)
         if not 1.0 <= q <= self.levels:
             raise InvalidRequestError(f"quality must be between 1 and {self.levels}, not {quality}")
-        return q
+        return float(np.float32(q))  # what the header stores, so encoder and decoder use the same gains
 
     # -- encode ---------------------------------------------------------------
     def _prepare(self, picture: Picture) -> np.ndarray:
@@ -225,9 +226,9 @@ class HyperpriorCodec(ImageCodec):
             z_streams, y_streams = zip(*(_split_payload(job[3]) for job in batch))
             z_int = torch.stack([torch.from_numpy(self._decode_z(s, z_shape)) for s in z_streams])
             weights, means, scales = self._mixture(z_int)
-            y_int = np.stack([
-                Decoder(s).mixture(weights[b], means[b], scales[b]) for b, s in enumerate(y_streams)
-            ]).reshape(len(batch), m, ph // 16, pw // 16)
+            y_int = np.stack(
+                [Decoder(s).mixture(weights[b], means[b], scales[b]) for b, s in enumerate(y_streams)]
+            ).reshape(len(batch), m, ph // 16, pw // 16)
             quality_pos = torch.tensor([job[2] - 1.0 for job in batch], device=dev)
             with torch.no_grad():
                 x = model.synthesise(torch.from_numpy(y_int).to(dev, torch.float32), quality_pos, synthesis)
@@ -255,7 +256,9 @@ def _split_payload(payload: bytes) -> tuple[bytes, bytes]:
         raise CorruptStreamError("tile chunk is too short")
     (z_len,) = struct.unpack_from("<I", payload)
     if z_len > len(payload) - 4:
-        raise CorruptStreamError(f"tile chunk declares a {z_len}-byte hyper-latent stream, it has {len(payload) - 4} bytes")
+        raise CorruptStreamError(
+            f"tile chunk declares a {z_len}-byte hyper-latent stream, it has {len(payload) - 4} bytes"
+        )
     return payload[4 : 4 + z_len], payload[4 + z_len :]
 
 

@@ -9,6 +9,7 @@ golden vectors use it to pin the container and the entropy layer.
 Chunk layout (one DATA chunk per channel, in channel order):
 256 x uint16 little-endian frequencies, then the coded residuals.
 """
+
 from __future__ import annotations
 
 from typing import Sequence

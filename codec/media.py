@@ -6,6 +6,7 @@ exact (palette -> RGB/RGBA, bilevel -> grey, grey+alpha -> RGBA). Inputs
 that cannot be represented exactly (16-bit, CMYK, floating point) are
 refused with a message that says so, never truncated.
 """
+
 from __future__ import annotations
 
 import io
@@ -109,4 +110,3 @@ def png_bytes(picture: Picture) -> bytes:
     out = io.BytesIO()
     im.save(out, format="PNG", icc_profile=picture.icc) if picture.icc else im.save(out, format="PNG")
     return out.getvalue()
-

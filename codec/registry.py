@@ -5,6 +5,7 @@ makes, so a file always names the codec that can read it. Codecs are built
 lazily (the learned ones load torch and their weights on first use), and at
 most once per process.
 """
+
 from __future__ import annotations
 
 import abc
@@ -32,9 +33,7 @@ class ImageCodec(abc.ABC):
         return bytes(8)
 
     @abc.abstractmethod
-    def encode(
-        self, pictures: Sequence[Picture], quality: float | None = None, device: str = "cpu"
-    ) -> list[Container]:
+    def encode(self, pictures: Sequence[Picture], quality: float | None = None, device: str = "cpu") -> list[Container]:
         """One container per picture."""
 
     @abc.abstractmethod
@@ -78,7 +77,9 @@ class ImageCodec(abc.ABC):
         if container.codec_id != self.codec_id:
             raise UnknownCodecError(f"file was made by codec {container.codec_id!r}, not {self.codec_id!r}")
         if container.media_kind != MediaKind.IMAGE:
-            raise UnknownCodecError(f"{self.codec_id} decodes images, this file holds {container.media_kind.name.lower()}")
+            raise UnknownCodecError(
+                f"{self.codec_id} decodes images, this file holds {container.media_kind.name.lower()}"
+            )
         if container.weights_digest != self.weights_digest:
             raise WeightsMismatchError(
                 f"file was made with {self.codec_id} weights {container.weights_digest.hex()}, "
@@ -129,7 +130,13 @@ def codec_for(container: Container) -> ImageCodec:
     return codec
 
 
-register("hyperprior-gmm", "codec.image_codec:default_codec",
-         "learned lossy image codec: GDN transforms, Gaussian-mixture hyperprior, one variable-rate model")
-register("lossless-delta", "codec.lossless:LosslessDelta",
-         "simple lossless image codec: left-neighbour prediction, per-channel static tables")
+register(
+    "hyperprior-gmm",
+    "codec.image_codec:default_codec",
+    "learned lossy image codec: GDN transforms, Gaussian-mixture hyperprior, one variable-rate model",
+)
+register(
+    "lossless-delta",
+    "codec.lossless:LosslessDelta",
+    "simple lossless image codec: left-neighbour prediction, per-channel static tables",
+)

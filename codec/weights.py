@@ -4,6 +4,7 @@ weights/manifest.json lists every weights file with its sha256; a file's
 digest (the first 8 bytes of that hash) is what .vqz files carry. Nothing is
 ever downloaded: a missing or altered file is an error that says so.
 """
+
 from __future__ import annotations
 
 import hashlib

@@ -2,6 +2,7 @@
 
 Works on numpy arrays only; torch tensors are converted by the caller.
 """
+
 from entropy.coder import (
     CategoricalTable,
     CorruptStreamError,

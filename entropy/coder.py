@@ -14,6 +14,7 @@ Models:
 Every int32 round-trips under every model: a symbol outside a table's
 support is coded as an escape symbol followed by its raw 32 bits.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -95,7 +96,14 @@ class _ParametricPlan:
         w, m, s = _split_parameters(weights, means, scales)
         self.family = family
         self.weights, self.means, self.scale_index, self.lo, self.width = tables.plan_parameters(
-            w, m, s, s.view(np.int64), family.tail_width, tables.OCTAVE_MANTISSAS, tables.BUCKET_FIRST, tables.SCALE_GRID
+            w,
+            m,
+            s,
+            s.view(np.int64),
+            family.tail_width,
+            tables.OCTAVE_MANTISSAS,
+            tables.BUCKET_FIRST,
+            tables.SCALE_GRID,
         )
         self.n = self.means.shape[0]
 
@@ -117,8 +125,20 @@ class _ParametricPlan:
             offsets = np.concatenate([[0], np.cumsum(sizes)])
             flat = np.empty(int(offsets[-1]), np.float32)  # halves the memory traffic; rounding is deterministic
             tables.fill_probabilities(
-                self.family.cdf, self.family.limit, self.weights, self.means, self.scale_index,
-                tables.SCALE_GRID, tables.INVERSE_SCALE_GRID, self.lo, self.width, rows, BLOCK_SYMBOLS, columns, offsets, flat,
+                self.family.cdf,
+                self.family.limit,
+                self.weights,
+                self.means,
+                self.scale_index,
+                tables.SCALE_GRID,
+                tables.INVERSE_SCALE_GRID,
+                self.lo,
+                self.width,
+                rows,
+                BLOCK_SYMBOLS,
+                columns,
+                offsets,
+                flat,
             )
             for b in range(firsts.size):
                 table = flat[offsets[b] : offsets[b + 1]].reshape(lasts[b] - firsts[b], columns[b] + 1)

@@ -14,6 +14,7 @@ geometric grid, mixture weights to 1/65536) so that values that differ by
 float noise upstream still usually give the same table, and so that the
 table is a function of a few integers.
 """
+
 from __future__ import annotations
 
 import math
@@ -186,8 +187,22 @@ def plan_parameters(weights, means, scales, scale_bits, tail_width, octave_manti
 
 
 @numba.njit(cache=True, parallel=True, error_model="numpy")
-def fill_probabilities(cdf, limit, weights, means, scale_index, scale_grid, inverse_scale_grid, lo, width,
-                       rows, block_rows, block_columns, block_offsets, out):
+def fill_probabilities(
+    cdf,
+    limit,
+    weights,
+    means,
+    scale_index,
+    scale_grid,
+    inverse_scale_grid,
+    lo,
+    width,
+    rows,
+    block_rows,
+    block_columns,
+    block_offsets,
+    out,
+):
     """Probability tables of many blocks at once, into one flat buffer.
 
     Row r of the chunk is symbol i = rows[r]; it belongs to block

@@ -1,4 +1,5 @@
 """The command line as a user meets it: outputs, one-line errors, exit code 2."""
+
 from __future__ import annotations
 
 import json
@@ -10,11 +11,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from conftest import SAMPLE, VECTORS
 from PIL import Image
 
 from codec.cli import cli
-
-from conftest import SAMPLE, VECTORS
 
 
 @pytest.fixture()
@@ -71,14 +71,17 @@ def test_refuses_to_overwrite_without_force(runner, tmp_path):
     assert out.read_bytes()[:4] == b"\x89VQZ"
 
 
-@pytest.mark.parametrize("args, needle", [
-    (["encode", "missing.png"], "missing.png"),
-    (["decode", "missing.vqz"], "missing.vqz"),
-    (["info", "missing.vqz"], "missing.vqz"),
-    (["encode", str(SAMPLE), "--model", "nope", "-o", "x.vqz"], "unknown codec"),
-    (["encode", str(SAMPLE), "-q", "99", "-o", "x.vqz"], "quality"),
-    (["encode", str(SAMPLE), "--device", "tpu", "-o", "x.vqz"], "device"),
-])
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (["encode", "missing.png"], "missing.png"),
+        (["decode", "missing.vqz"], "missing.vqz"),
+        (["info", "missing.vqz"], "missing.vqz"),
+        (["encode", str(SAMPLE), "--model", "nope", "-o", "x.vqz"], "unknown codec"),
+        (["encode", str(SAMPLE), "-q", "99", "-o", "x.vqz"], "quality"),
+        (["encode", str(SAMPLE), "--device", "tpu", "-o", "x.vqz"], "device"),
+    ],
+)
 def test_bad_requests(runner, tmp_path, monkeypatch, args, needle):
     monkeypatch.chdir(tmp_path)
     _bad(runner.invoke(cli, args), needle)
@@ -93,11 +96,19 @@ def test_not_an_image(runner, tmp_path):
 @pytest.mark.parametrize("command", ["decode", "info"])
 def test_corrupt_and_truncated_files(runner, tmp_path, command):
     data = (VECTORS / "lossless_rgb_33x17.vqz").read_bytes()
-    cases = {"truncated.vqz": (data[:40], "ends"), "flipped.vqz": (data[:-3] + b"\xff" + data[-2:], "corrupt"),
-             "text.vqz": (b"just some text", "not a .vqz file")}
+    cases = {
+        "truncated.vqz": (data[:40], "ends"),
+        "flipped.vqz": (data[:-3] + b"\xff" + data[-2:], "corrupt"),
+        "text.vqz": (b"just some text", "not a .vqz file"),
+    }
     for name, (content, needle) in cases.items():
         (tmp_path / name).write_bytes(content)
-        _bad(runner.invoke(cli, [command, str(tmp_path / name), *(["-o", str(tmp_path / "o.png")] if command == "decode" else [])]), needle)
+        _bad(
+            runner.invoke(
+                cli, [command, str(tmp_path / name), *(["-o", str(tmp_path / "o.png")] if command == "decode" else [])]
+            ),
+            needle,
+        )
     assert not (tmp_path / "o.png").exists()
 
 

@@ -1,4 +1,5 @@
 """The .vqz container: round trips, and one documented error per kind of damage."""
+
 from __future__ import annotations
 
 import struct
@@ -46,14 +47,23 @@ def _rebuild(data: bytes, *, minor: int | None = None, flags: int | None = None,
     magic, major, old_minor, old_flags, header_len = PREAMBLE.unpack_from(data)
     body = data[PREAMBLE.size : PREAMBLE.size + header_len] + extra_header
     rest = data[PREAMBLE.size + header_len + 4 :]
-    head = PREAMBLE.pack(magic, major, old_minor if minor is None else minor,
-                         old_flags if flags is None else flags, len(body)) + body
+    head = (
+        PREAMBLE.pack(
+            magic, major, old_minor if minor is None else minor, old_flags if flags is None else flags, len(body)
+        )
+        + body
+    )
     return head + struct.pack("<I", zlib.crc32(head)) + rest
 
 
 media_strategy = st.one_of(
-    st.builds(ImageInfo, st.integers(1, 1 << 14), st.integers(1, 1 << 14), st.sampled_from([1, 3, 4]),
-              st.sampled_from([8, 16])),
+    st.builds(
+        ImageInfo,
+        st.integers(1, 1 << 14),
+        st.integers(1, 1 << 14),
+        st.sampled_from([1, 3, 4]),
+        st.sampled_from([8, 16]),
+    ),
     st.builds(AudioInfo, st.integers(1, 768000), st.integers(1, 64), st.integers(0, 1 << 26)),
 )
 
@@ -65,8 +75,9 @@ media_strategy = st.one_of(
     media=media_strategy,
     params=st.binary(max_size=64),
     chunks=st.lists(st.builds(Chunk, st.sampled_from([1, 2, 0x8001, 0xFFFF]), st.binary(max_size=64)), max_size=8),
-    metadata=st.dictionaries(st.text(min_size=1, max_size=20).filter(lambda k: len(k.encode()) <= 255),
-                             st.binary(max_size=32), max_size=4),
+    metadata=st.dictionaries(
+        st.text(min_size=1, max_size=20).filter(lambda k: len(k.encode()) <= 255), st.binary(max_size=32), max_size=4
+    ),
 )
 def test_round_trip(codec_id, digest, media, params, chunks, metadata):
     c = Container(codec_id, digest, media, params, chunks, metadata)
@@ -177,6 +188,13 @@ def test_writer_refuses_invalid_containers(changes, message):
 
 
 def test_every_error_is_a_bitstream_error():
-    for cls in (NotAVqzFileError, UnsupportedVersionError, TruncatedError, ChecksumError, LimitExceededError,
-                MalformedHeaderError, UnsupportedChunkError):
+    for cls in (
+        NotAVqzFileError,
+        UnsupportedVersionError,
+        TruncatedError,
+        ChecksumError,
+        LimitExceededError,
+        MalformedHeaderError,
+        UnsupportedChunkError,
+    ):
         assert issubclass(cls, BitstreamError)

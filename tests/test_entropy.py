@@ -1,4 +1,5 @@
 """The entropy layer: exact round trips under every model, escapes, determinism, bad streams."""
+
 from __future__ import annotations
 
 import numba
@@ -8,8 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from entropy import CategoricalTable, CorruptStreamError, Decoder, Encoder
-from entropy import tables
+from entropy import CategoricalTable, CorruptStreamError, Decoder, Encoder, tables
 
 INT32 = st.integers(np.iinfo(np.int32).min, np.iinfo(np.int32).max)
 
@@ -60,7 +60,6 @@ def test_parametric_round_trip(data, k, family):
 
 
 def test_degenerate_parameters_still_round_trip():
-    n = 6
     means = np.array([np.nan, np.inf, -np.inf, 1e300, 0.0, 5.0])
     scales = np.array([np.nan, 0.0, -1.0, np.inf, 1e-300, 1e300])
     symbols = np.array([0, 2**31 - 1, -(2**31), 7, 0, -3])
@@ -128,8 +127,9 @@ def test_scale_grid_lookup_matches_a_plain_search():
     grid = tables.SCALE_GRID
     s = np.concatenate([np.exp(rng.uniform(-4, 9, 20_000)), grid, np.nextafter(grid, 0), np.nextafter(grid, np.inf)])
     s = s[:, None].copy()
-    _, _, index, _, _ = tables.plan_parameters(np.ones_like(s), np.zeros_like(s), s, s.view(np.int64), 5.0,
-                                               tables.OCTAVE_MANTISSAS, tables.BUCKET_FIRST, grid)
+    _, _, index, _, _ = tables.plan_parameters(
+        np.ones_like(s), np.zeros_like(s), s, s.view(np.int64), 5.0, tables.OCTAVE_MANTISSAS, tables.BUCKET_FIRST, grid
+    )
     assert np.array_equal(index[:, 0], np.minimum(np.searchsorted(grid, s[:, 0]), grid.size - 1))
 
 

@@ -1,4 +1,5 @@
 """`vqz eval` and `vqz bdrate`: analytic BD cases, real codec round trips, outputs, resume, errors."""
+
 from __future__ import annotations
 
 import json

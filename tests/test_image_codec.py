@@ -1,4 +1,5 @@
 """hyperprior-gmm on real and odd-shaped pictures: sizes, channels, tiles, rate control, determinism."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -53,8 +54,11 @@ def test_target_bpp_lands_at_or_under_the_target(gmm, sample_pixels):
 
 
 def test_batch_equals_one_by_one(gmm, sample_pixels):
-    pictures = [Picture.from_array(sample_pixels[:100, :120]), Picture.from_array(sample_pixels[50:, 30:]),
-                Picture.from_array(sample_pixels[:100, 100:220])]
+    pictures = [
+        Picture.from_array(sample_pixels[:100, :120]),
+        Picture.from_array(sample_pixels[50:, 30:]),
+        Picture.from_array(sample_pixels[:100, 100:220]),
+    ]
     batch = [serialize(c) for c in gmm.encode(pictures, quality=3)]
     single = [serialize(gmm.encode([p], quality=3)[0]) for p in pictures]
     assert batch == single

@@ -1,4 +1,5 @@
 """Reading pictures: exact conversions, and clear refusals instead of silent loss."""
+
 from __future__ import annotations
 
 import io
@@ -7,10 +8,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from codec.errors import UnsupportedMediaError
+from codec.errors import InvalidRequestError, UnsupportedMediaError
 from codec.fileio import atomic_write
-from codec.errors import InvalidRequestError
-from codec.media import load_image, png_bytes, Picture
+from codec.media import Picture, load_image, png_bytes
 
 
 def _encode(im: Image.Image, fmt: str = "PNG", **kw) -> bytes:

@@ -1,4 +1,5 @@
 """Training: runs, checkpoints atomically, resumes exactly where it stopped; never reads Kodak."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -22,8 +23,9 @@ def _fake_data(root: Path) -> None:
 def test_training_resumes_from_its_checkpoint(tmp_path):
     _fake_data(tmp_path / "data")
     small = HyperpriorConfig(channels=8, latent_channels=8, hyper_channels=8, lambdas=(0.01, 0.05))
-    opts = TrainOptions(data_root=tmp_path / "data", out_dir=tmp_path / "run", steps=2, batch=2, crop=128,
-                        eval_every=2, config=small)
+    opts = TrainOptions(
+        data_root=tmp_path / "data", out_dir=tmp_path / "run", steps=2, batch=2, crop=128, eval_every=2, config=small
+    )
     train(opts, log=lambda m: None)
     first = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=False)
     assert first["step"] == 2

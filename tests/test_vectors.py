@@ -1,17 +1,16 @@
 """Golden vectors: they decode to the recorded pixels, forever; damaged copies fail cleanly."""
+
 from __future__ import annotations
 
 import zlib
 
 import numpy as np
 import pytest
+from conftest import VECTORS
 
 from bitstream import Chunk, VqzError, parse, serialize
-from bitstream.container import PREAMBLE
 from codec.registry import codec_for
 from tools.make_vectors import pixel_digest
-
-from conftest import VECTORS
 
 
 def _decode(data: bytes):
@@ -53,8 +52,10 @@ def _mutations(data: bytes, rng: np.random.Generator, count: int):
             yield data[:cut] + rng.integers(0, 256, rng.integers(1, 16), dtype=np.uint8).tobytes() + data[cut:]
 
 
-@pytest.mark.parametrize("name", ["lossless_rgb_33x17", "lossless_grey_7x5", "lossless_rgba_16x16",
-                                  "lossless_rgb_1x1", "hyperprior_rgb_80x48"])
+@pytest.mark.parametrize(
+    "name",
+    ["lossless_rgb_33x17", "lossless_grey_7x5", "lossless_rgba_16x16", "lossless_rgb_1x1", "hyperprior_rgb_80x48"],
+)
 def test_fuzzed_vectors_raise_only_documented_errors(vector_index, name):
     """10,000 damaged files over the lossless vectors (a few hundred for the learned one)."""
     data = (VECTORS / vector_index[name]["file"]).read_bytes()

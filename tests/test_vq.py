@@ -1,4 +1,5 @@
 """The multi-codebook key-value quantiser (building block of the VQ codecs)."""
+
 from __future__ import annotations
 
 import torch

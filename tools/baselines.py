@@ -5,6 +5,7 @@ file and back, at a quality setting from its own sweep. Classical codecs
 write their real file formats (Pillow: libjpeg-turbo, libwebp, libavif,
 OpenJPEG; imagecodecs: libjxl), so sizes are honest whole-file sizes.
 """
+
 from __future__ import annotations
 
 import io
@@ -63,8 +64,9 @@ def _jpeg2000_encode(pixels: np.ndarray, ratio: float) -> bytes:
 def _jxl_encode(pixels: np.ndarray, distance: float) -> bytes:
     import imagecodecs
 
-    return bytes(imagecodecs.jpegxl_encode(pixels[:, :, 0] if pixels.shape[2] == 1 else pixels,
-                                           distance=distance, effort=7))
+    return bytes(
+        imagecodecs.jpegxl_encode(pixels[:, :, 0] if pixels.shape[2] == 1 else pixels, distance=distance, effort=7)
+    )
 
 
 def _imagecodecs_version() -> str:
@@ -86,17 +88,46 @@ def _jxl_decode(data: bytes) -> np.ndarray:
 CLASSICAL: dict[str, EvalCodec] = {
     c.name: c
     for c in [
-        EvalCodec("jpeg", "JPEG (Pillow, libjpeg-turbo, 4:2:0)", (2, 5, 10, 20, 30, 50, 70, 85, 95),
-                  _pil_encoder("JPEG"), _pil_decode, _pil_version("jpg")),
-        EvalCodec("webp", "WebP (Pillow, libwebp, method 6)", (0, 5, 15, 30, 50, 70, 85, 95),
-                  _pil_encoder("WEBP", method=6), _pil_decode, _pil_version("webp")),
-        EvalCodec("avif", "AVIF (Pillow, libavif, speed 6)", (2, 10, 25, 40, 55, 70, 85, 95),
-                  _pil_encoder("AVIF", speed=6), _pil_decode, _pil_version("avif")),
-        EvalCodec("jxl", "JPEG XL (imagecodecs, libjxl, effort 7; quality = distance)",
-                  (25.0, 16.0, 10.0, 6.0, 4.0, 2.5, 1.5, 1.0, 0.5), _jxl_encode, _jxl_decode,
-                  _imagecodecs_version()),
-        EvalCodec("jpeg2000", "JPEG 2000 (Pillow, OpenJPEG; quality = compression ratio)",
-                  (480, 240, 120, 60, 30, 16, 12), _jpeg2000_encode, _pil_decode, _pil_version("jpg_2000")),
+        EvalCodec(
+            "jpeg",
+            "JPEG (Pillow, libjpeg-turbo, 4:2:0)",
+            (2, 5, 10, 20, 30, 50, 70, 85, 95),
+            _pil_encoder("JPEG"),
+            _pil_decode,
+            _pil_version("jpg"),
+        ),
+        EvalCodec(
+            "webp",
+            "WebP (Pillow, libwebp, method 6)",
+            (0, 5, 15, 30, 50, 70, 85, 95),
+            _pil_encoder("WEBP", method=6),
+            _pil_decode,
+            _pil_version("webp"),
+        ),
+        EvalCodec(
+            "avif",
+            "AVIF (Pillow, libavif, speed 6)",
+            (2, 10, 25, 40, 55, 70, 85, 95),
+            _pil_encoder("AVIF", speed=6),
+            _pil_decode,
+            _pil_version("avif"),
+        ),
+        EvalCodec(
+            "jxl",
+            "JPEG XL (imagecodecs, libjxl, effort 7; quality = distance)",
+            (25.0, 16.0, 10.0, 6.0, 4.0, 2.5, 1.5, 1.0, 0.5),
+            _jxl_encode,
+            _jxl_decode,
+            _imagecodecs_version(),
+        ),
+        EvalCodec(
+            "jpeg2000",
+            "JPEG 2000 (Pillow, OpenJPEG; quality = compression ratio)",
+            (480, 240, 120, 60, 30, 16, 12),
+            _jpeg2000_encode,
+            _pil_decode,
+            _pil_version("jpg_2000"),
+        ),
     ]
 }
 
@@ -117,8 +148,14 @@ def vqz_codec(model: str) -> EvalCodec:
         container = parse(data)
         return codec_for(container).decode([container])[0].pixels
 
-    return EvalCodec(f"vqz:{model}", f"vqz {model}: {codec.description}", qualities, encode, decode,
-                     f"weights {codec.weights_digest.hex()}")
+    return EvalCodec(
+        f"vqz:{model}",
+        f"vqz {model}: {codec.description}",
+        qualities,
+        encode,
+        decode,
+        f"weights {codec.weights_digest.hex()}",
+    )
 
 
 def resolve(names: Sequence[str]) -> list[EvalCodec]:

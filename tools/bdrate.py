@@ -7,6 +7,7 @@ log-rate. Both integrate piecewise cubic (PCHIP, monotone) interpolants, as
 in the common modern implementations, rather than Bjøntegaard's original
 global cubic fit, which overshoots on curves with many points.
 """
+
 from __future__ import annotations
 
 import json

@@ -12,6 +12,7 @@ cases (median of R runs, table building included).
 The mixture cases' parameters imitate a hyperprior's output: most scales are
 small, a few are large, and the K=3 components sit near a common centre.
 """
+
 from __future__ import annotations
 
 import json
@@ -63,7 +64,8 @@ def _mixture_case(n: int, k: int, rng: np.random.Generator):
     if k == 1:
         return symbols, ideal, (lambda e: e.gaussian(symbols, means, scales)), (lambda d: d.gaussian(means, scales))
     return (
-        symbols, ideal,
+        symbols,
+        ideal,
         lambda e: e.mixture(symbols, weights, means, scales),
         lambda d: d.mixture(weights, means, scales),
     )
@@ -78,6 +80,7 @@ def run(n: int = 10**6, repeats: int = 5, seed: int = 0) -> dict:
     }
     report: dict = {"symbols": n, "repeats": repeats, "cases": {}}
     for name, (symbols, ideal, encode, decode) in cases.items():
+
         def do_encode():
             enc = Encoder()
             encode(enc)

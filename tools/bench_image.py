@@ -13,6 +13,7 @@ tiles: a 2000x2000 mosaic of Kodak images coded whole (one tile) and in
 1024-pixel tiles, PSNR of both; then peak memory (max RSS, in a fresh
 process) of encoding and decoding an 8000x8000 mosaic.
 """
+
 from __future__ import annotations
 
 import json
@@ -61,11 +62,22 @@ def speed(kodak: Path, images: int, repeats: int, quality: float) -> dict:
             out = reference.compress(x)
             ref_enc = _median_time(lambda: reference.compress(x), repeats)
             ref_dec = _median_time(lambda: reference.decompress(out["strings"], out["shape"]), repeats)
-        rows.append({"image": path.name, "ours_encode_s": our_enc, "ours_decode_s": our_dec,
-                     "compressai_encode_s": ref_enc, "compressai_decode_s": ref_dec,
-                     "encode_ratio": our_enc / ref_enc, "decode_ratio": our_dec / ref_dec})
+        rows.append(
+            {
+                "image": path.name,
+                "ours_encode_s": our_enc,
+                "ours_decode_s": our_dec,
+                "compressai_encode_s": ref_enc,
+                "compressai_decode_s": ref_dec,
+                "encode_ratio": our_enc / ref_enc,
+                "decode_ratio": our_dec / ref_dec,
+            }
+        )
     return {
-        "images": len(rows), "repeats": repeats, "quality": quality, "threads": torch.get_num_threads(),
+        "images": len(rows),
+        "repeats": repeats,
+        "quality": quality,
+        "threads": torch.get_num_threads(),
         "encode_ratio_median": statistics.median(r["encode_ratio"] for r in rows),
         "decode_ratio_median": statistics.median(r["decode_ratio"] for r in rows),
         "ours_encode_s_median": statistics.median(r["ours_encode_s"] for r in rows),
@@ -100,8 +112,11 @@ def seams(kodak: Path, quality: float) -> dict:
         image_codec.DEFAULT_TILE = tile
         data = serialize(codec.encode([picture], quality=quality)[0])
         decoded = codec.decode([parse(data)])[0]
-        out[label] = {"bpp": 8 * len(data) / picture.info.pixels, "psnr": psnr(picture.pixels, decoded.pixels),
-                      "chunks": len(parse(data).data_chunks())}
+        out[label] = {
+            "bpp": 8 * len(data) / picture.info.pixels,
+            "psnr": psnr(picture.pixels, decoded.pixels),
+            "chunks": len(parse(data).data_chunks()),
+        }
     image_codec.DEFAULT_TILE = 1024
     out["psnr_cost_db"] = out["whole"]["psnr"] - out["tiled_1024"]["psnr"]
     return out
@@ -121,14 +136,29 @@ def _peak_child(kodak: Path, size: int, quality: float) -> None:
     decoded = codec.decode([parse(data)])[0]
     dec_s = time.perf_counter() - t
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    print(json.dumps({"size": size, "bytes": len(data), "encode_s": enc_s, "decode_s": dec_s,
-                      "rss_before_kib": base, "peak_rss_after_encode_kib": after_encode, "peak_rss_kib": peak,
-                      "decoded_shape": list(decoded.pixels.shape)}))
+    print(
+        json.dumps(
+            {
+                "size": size,
+                "bytes": len(data),
+                "encode_s": enc_s,
+                "decode_s": dec_s,
+                "rss_before_kib": base,
+                "peak_rss_after_encode_kib": after_encode,
+                "peak_rss_kib": peak,
+                "decoded_shape": list(decoded.pixels.shape),
+            }
+        )
+    )
 
 
 def peak_memory(kodak: Path, size: int, quality: float) -> dict:
-    done = subprocess.run([sys.executable, "-m", "tools.bench_image", "_peak", str(size), str(quality), str(kodak)],
-                          capture_output=True, text=True, check=True)
+    done = subprocess.run(
+        [sys.executable, "-m", "tools.bench_image", "_peak", str(size), str(quality), str(kodak)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     r = json.loads(done.stdout.strip().splitlines()[-1])
     r["peak_rss_gib"] = r["peak_rss_kib"] / 2**20
     return r
@@ -150,10 +180,12 @@ def speed_command(kodak, images, repeats, quality, as_json) -> None:
     if as_json:
         click.echo(json.dumps(r, indent=2))
     else:
-        click.echo(f"{r['images']} images, median of {repeats}, {r['threads']} threads: "
-                   f"encode {r['ours_encode_s_median']:.3f}s vs CompressAI {r['compressai_encode_s_median']:.3f}s "
-                   f"(ratio {r['encode_ratio_median']:.2f}); decode {r['ours_decode_s_median']:.3f}s vs "
-                   f"{r['compressai_decode_s_median']:.3f}s (ratio {r['decode_ratio_median']:.2f})")
+        click.echo(
+            f"{r['images']} images, median of {repeats}, {r['threads']} threads: "
+            f"encode {r['ours_encode_s_median']:.3f}s vs CompressAI {r['compressai_encode_s_median']:.3f}s "
+            f"(ratio {r['encode_ratio_median']:.2f}); decode {r['ours_decode_s_median']:.3f}s vs "
+            f"{r['compressai_decode_s_median']:.3f}s (ratio {r['decode_ratio_median']:.2f})"
+        )
 
 
 @main.command(name="tiles")

@@ -3,6 +3,7 @@
 The codec commands live in codec/cli.py; the ones here import tools, which
 codec must not (imports point one way: tools -> codec -> entropy/bitstream).
 """
+
 from __future__ import annotations
 
 import json
@@ -11,7 +12,7 @@ from pathlib import Path
 
 import click
 
-from codec.cli import UserError, friendly_errors, cli
+from codec.cli import UserError, cli, friendly_errors
 
 
 def _parse_qualities(values: tuple[str, ...]) -> dict[str, list[float]]:
@@ -34,13 +35,22 @@ def eval_group() -> None:
 
 @eval_group.command(name="images")
 @click.argument("folder", type=click.Path(path_type=Path))
-@click.option("--codecs", default="vqz:hyperprior-gmm,jpeg,webp,avif,jxl,jpeg2000", show_default=True,
-              help="Comma-separated: jpeg, webp, avif, jxl, jpeg2000, vqz:<model>.")
+@click.option(
+    "--codecs",
+    default="vqz:hyperprior-gmm,jpeg,webp,avif,jxl,jpeg2000",
+    show_default=True,
+    help="Comma-separated: jpeg, webp, avif, jxl, jpeg2000, vqz:<model>.",
+)
 @click.option("--qualities", multiple=True, metavar="CODEC=Q1,Q2,...", help="Override a codec's quality sweep.")
 @click.option("--out", "out_dir", type=click.Path(path_type=Path), default=Path("eval-results"), show_default=True)
 @click.option("--reference", default="webp", show_default=True, help="Codec the BD-rates are measured against.")
-@click.option("--anchor", "anchors", multiple=True, type=click.Path(exists=True, path_type=Path),
-              help="Published results JSON (CompressAI schema) to add to the table and plot.")
+@click.option(
+    "--anchor",
+    "anchors",
+    multiple=True,
+    type=click.Path(exists=True, path_type=Path),
+    help="Published results JSON (CompressAI schema) to add to the table and plot.",
+)
 @click.option("-j", "--jobs", default=1, show_default=True, help="Worker processes.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @friendly_errors
@@ -58,8 +68,14 @@ def eval_images(folder, codecs, qualities, out_dir, reference, anchors, jobs, as
     if as_json:
         click.echo(json.dumps({k: v for k, v in summary.items() if k != "table"}, indent=2))
         return
-    click.echo(f"{summary['images']} images" + (f", {len(summary['skipped'])} skipped (unreadable): "
-                                                  + ", ".join(summary["skipped"]) if summary["skipped"] else ""))
+    click.echo(
+        f"{summary['images']} images"
+        + (
+            f", {len(summary['skipped'])} skipped (unreadable): " + ", ".join(summary["skipped"])
+            if summary["skipped"]
+            else ""
+        )
+    )
     click.echo(summary["table"], nl=False)
     click.echo(f"results in {out_dir}/ (per_image.csv, <codec>.json, bd.md, rd.png)")
 
@@ -78,8 +94,10 @@ def bdrate(reference, test, metric, as_json) -> None:
     if as_json:
         click.echo(json.dumps(r, indent=2))
         return
-    click.echo(f"{r['test']} vs {r['reference']} ({metric}): BD-rate {r['bd_rate_pct']:+.2f}%, "
-               f"BD-quality {r['bd_quality']:+.3f}")
+    click.echo(
+        f"{r['test']} vs {r['reference']} ({metric}): BD-rate {r['bd_rate_pct']:+.2f}%, "
+        f"BD-quality {r['bd_quality']:+.3f}"
+    )
 
 
 @cli.group()
@@ -88,10 +106,22 @@ def train() -> None:
 
 
 @train.command(name="image")
-@click.option("--data", "data_root", type=click.Path(path_type=Path), default=Path("../shared/data/train_images"),
-              show_default=True, help="Folder with bsds500/ and sun_hays80/ (never Kodak).")
-@click.option("--out", "out_dir", type=click.Path(path_type=Path), default=Path("runs/gmm"), show_default=True,
-              help="Checkpoint folder; training resumes from its checkpoint.pt.")
+@click.option(
+    "--data",
+    "data_root",
+    type=click.Path(path_type=Path),
+    default=Path("../shared/data/train_images"),
+    show_default=True,
+    help="Folder with bsds500/ and sun_hays80/ (never Kodak).",
+)
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(path_type=Path),
+    default=Path("runs/gmm"),
+    show_default=True,
+    help="Checkpoint folder; training resumes from its checkpoint.pt.",
+)
 @click.option("--steps", default=30000, show_default=True, help="Schedule length (and where training stops).")
 @click.option("--batch", default=8, show_default=True)
 @click.option("--crop", default=128, show_default=True)
@@ -103,14 +133,24 @@ def train() -> None:
 @friendly_errors
 def train_image(data_root, out_dir, steps, batch, crop, lr, device, threads, max_minutes, export) -> None:
     """Train the hyperprior-gmm image model."""
-    from tools.train_image import TrainOptions, train as run
+    from tools.train_image import TrainOptions
+    from tools.train_image import train as run
 
     if not (data_root / "bsds500").is_dir():
         raise UserError(f"{data_root}: no bsds500/ training folder there")
-    opts = TrainOptions(data_root=data_root, out_dir=out_dir, steps=steps, batch=batch, crop=crop, lr=lr,
-                        device=device, threads=threads, max_minutes=max_minutes)
-    with click.progressbar(length=steps, label="training", file=sys.stderr,
-                           item_show_func=lambda text: text) as bar:
+    opts = TrainOptions(
+        data_root=data_root,
+        out_dir=out_dir,
+        steps=steps,
+        batch=batch,
+        crop=crop,
+        lr=lr,
+        device=device,
+        threads=threads,
+        max_minutes=max_minutes,
+    )
+    with click.progressbar(length=steps, label="training", file=sys.stderr, item_show_func=lambda text: text) as bar:
+
         def progress(step: int, summary: str) -> None:
             bar.update(step - bar.pos, current_item=summary)
 
@@ -139,7 +179,9 @@ def bench_entropy(ctx, as_json, symbols, repeats) -> None:
 
 
 @bench.command(name="image-speed")
-@click.option("--kodak", type=click.Path(path_type=Path), default=None, help="Kodak folder (default ../shared/data/kodak).")
+@click.option(
+    "--kodak", type=click.Path(path_type=Path), default=None, help="Kodak folder (default ../shared/data/kodak)."
+)
 @click.option("--images", default=24, show_default=True)
 @click.option("--repeats", default=5, show_default=True)
 @click.option("--quality", default=4.0, show_default=True)
@@ -149,12 +191,20 @@ def bench_image_speed(ctx, kodak, images, repeats, quality, as_json) -> None:
     """Encode/decode time per Kodak image against CompressAI's ScaleHyperprior."""
     from tools import bench_image
 
-    ctx.invoke(bench_image.speed_command, kodak=kodak or bench_image.KODAK, images=images, repeats=repeats,
-               quality=quality, as_json=as_json)
+    ctx.invoke(
+        bench_image.speed_command,
+        kodak=kodak or bench_image.KODAK,
+        images=images,
+        repeats=repeats,
+        quality=quality,
+        as_json=as_json,
+    )
 
 
 @bench.command(name="tiles")
-@click.option("--kodak", type=click.Path(path_type=Path), default=None, help="Kodak folder (default ../shared/data/kodak).")
+@click.option(
+    "--kodak", type=click.Path(path_type=Path), default=None, help="Kodak folder (default ../shared/data/kodak)."
+)
 @click.option("--quality", default=4.0, show_default=True)
 @click.option("--size", default=8000, show_default=True, help="Side of the memory test image.")
 @click.pass_context
@@ -162,8 +212,7 @@ def bench_tiles(ctx, kodak, quality, size) -> None:
     """Seam cost of tiling (2000x2000) and peak memory (8000x8000)."""
     from tools import bench_image
 
-    ctx.invoke(bench_image.tiles_command, kodak=kodak or bench_image.KODAK, quality=quality, size=size,
-               as_json=True)
+    ctx.invoke(bench_image.tiles_command, kodak=kodak or bench_image.KODAK, quality=quality, size=size, as_json=True)
 
 
 def main() -> None:

@@ -11,6 +11,7 @@ Into OUTDIR: per_image.csv, <codec>.json per codec (CompressAI's results
 schema, metrics averaged over images), bd.md (BD-rate/BD-PSNR table against
 the reference codec) and rd.png (the RD plot).
 """
+
 from __future__ import annotations
 
 import csv
@@ -28,7 +29,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from bitstream.errors import VqzError
-from codec.errors import InvalidRequestError, UnsupportedMediaError
+from codec.errors import InvalidRequestError
 from codec.fileio import atomic_write
 from codec.media import psnr, read_image
 from tools import baselines
@@ -96,13 +97,20 @@ def run_task(task: Task, images: dict[str, np.ndarray], threads: int = 0) -> lis
         if decoded.shape != pixels.shape:
             raise RuntimeError(f"{task.codec} decoded {name} to shape {decoded.shape}, not {pixels.shape}")
         m = ms_ssim(pixels, decoded)
-        rows.append({
-            "codec": task.codec, "quality": task.quality, "image": name, "bytes": len(data),
-            "bpp": 8 * len(data) / (pixels.shape[0] * pixels.shape[1]),
-            "psnr-rgb": psnr(pixels, decoded), "ms-ssim": m,
-            "ms-ssim-db": -10 * math.log10(1 - m) if m < 1 else float("nan"),
-            "encoding_time": t1 - t0, "decoding_time": t2 - t1,
-        })
+        rows.append(
+            {
+                "codec": task.codec,
+                "quality": task.quality,
+                "image": name,
+                "bytes": len(data),
+                "bpp": 8 * len(data) / (pixels.shape[0] * pixels.shape[1]),
+                "psnr-rgb": psnr(pixels, decoded),
+                "ms-ssim": m,
+                "ms-ssim-db": -10 * math.log10(1 - m) if m < 1 else float("nan"),
+                "encoding_time": t1 - t0,
+                "decoding_time": t2 - t1,
+            }
+        )
     return rows
 
 
@@ -117,14 +125,21 @@ def summarise(codec: baselines.EvalCodec, rows: list[dict]) -> dict:
         by_quality.setdefault(r["quality"], []).append(r)
     points = []
     for q, rs in by_quality.items():
-        mean = {m: float(np.nanmean([r[m] for r in rs])) if any(np.isfinite(r[m]) for r in rs) else float("nan")
-                for m in METRICS}
+        mean = {
+            m: float(np.nanmean([r[m] for r in rs])) if any(np.isfinite(r[m]) for r in rs) else float("nan")
+            for m in METRICS
+        }
         points.append((mean, q))
     points.sort(key=lambda p: p[0]["bpp"])
     results = {m: [p[0][m] for p in points] for m in METRICS}
     results["quality"] = [p[1] for p in points]
-    return {"name": codec.name, "description": codec.description, "fingerprint": codec.fingerprint,
-            "images": len(rows) // max(1, len(points)), "results": results}
+    return {
+        "name": codec.name,
+        "description": codec.description,
+        "fingerprint": codec.fingerprint,
+        "images": len(rows) // max(1, len(points)),
+        "results": results,
+    }
 
 
 def bd_table(results: list[dict], reference: str) -> tuple[str, list[dict]]:
@@ -150,8 +165,10 @@ def bd_table(results: list[dict], reference: str) -> tuple[str, list[dict]]:
         rows.append(row)
         fmt = lambda v, unit="%": "no overlap" if v is None else f"{v:+.1f}{unit}"
         bpp = r["results"]["bpp"]
-        lines.append(f"| {r['name']} | {fmt(row['bd_rate_psnr'])} | {fmt(row['bd_psnr'], '')} | "
-                     f"{fmt(row['bd_rate_msssim'])} | {min(bpp):.3f}-{max(bpp):.3f} |")
+        lines.append(
+            f"| {r['name']} | {fmt(row['bd_rate_psnr'])} | {fmt(row['bd_psnr'], '')} | "
+            f"{fmt(row['bd_rate_msssim'])} | {min(bpp):.3f}-{max(bpp):.3f} |"
+        )
     return "\n".join(lines) + "\n", rows
 
 
@@ -164,8 +181,14 @@ def plot(results: list[dict], path: Path, title: str) -> None:
     fig, ax = plt.subplots(figsize=(7, 5), dpi=110)
     for r in results:
         res = r["results"]
-        ax.plot(res["bpp"], res["psnr-rgb"], marker="o", markersize=3, label=r["name"],
-                linestyle="--" if r.get("anchor") else "-")
+        ax.plot(
+            res["bpp"],
+            res["psnr-rgb"],
+            marker="o",
+            markersize=3,
+            label=r["name"],
+            linestyle="--" if r.get("anchor") else "-",
+        )
     ax.set_xlabel("bits per pixel (whole file)")
     ax.set_ylabel("PSNR-RGB (dB)")
     ax.set_title(title)
@@ -211,8 +234,9 @@ def evaluate(
         progress(len(tasks) - len(todo))
 
     def finish(t: Task, rows: list[dict]) -> None:
-        _atomic_json(raw / f"{t.key}.json",
-                     {"images": sorted(images), "fingerprint": fingerprints[t.codec], "rows": rows})
+        _atomic_json(
+            raw / f"{t.key}.json", {"images": sorted(images), "fingerprint": fingerprints[t.codec], "rows": rows}
+        )
         done[t] = rows
         if progress:
             progress(1)
@@ -244,5 +268,11 @@ def evaluate(
     table, bd_rows = bd_table(everything, reference) if len(everything) > 1 else ("", [])
     atomic_write(out_dir / "bd.md", table.encode(), force=True)
     plot(everything, out_dir / "rd.png", f"{folder.name}: {len(images)} images")
-    return {"images": len(images), "skipped": skipped, "codecs": summaries, "bd": bd_rows, "table": table,
-            "reference": reference}
+    return {
+        "images": len(images),
+        "skipped": skipped,
+        "codecs": summaries,
+        "bd": bd_rows,
+        "table": table,
+        "reference": reference,
+    }

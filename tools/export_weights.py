@@ -7,6 +7,7 @@ of the hyper-latent prior, computed here once in float64 so that coders
 never rebuild them) and updates weights/manifest.json with its sha256,
 parameter count, data and steps. Figures are added by the evaluation.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -51,16 +52,19 @@ def export(checkpoint: Path, name: str = "hyperprior-gmm") -> Path:
     data = buf.getvalue()
     out = WEIGHTS_DIR / f"{name}.pt"
     atomic_write(out, data, force=True)
-    update_manifest(name, {
-        "file": out.name,
-        "sha256": hashlib.sha256(data).hexdigest(),
-        "bytes": len(data),
-        "parameters": model.parameter_count(),
-        "architecture": config | {"lambdas": list(config["lambdas"])},
-        "training_data": TRAINING_DATA,
-        "steps": int(state["step"]),
-        "training_minutes": round(float(state["minutes"]), 1),
-    })
+    update_manifest(
+        name,
+        {
+            "file": out.name,
+            "sha256": hashlib.sha256(data).hexdigest(),
+            "bytes": len(data),
+            "parameters": model.parameter_count(),
+            "architecture": config | {"lambdas": list(config["lambdas"])},
+            "training_data": TRAINING_DATA,
+            "steps": int(state["step"]),
+            "training_minutes": round(float(state["minutes"]), 1),
+        },
+    )
     return out
 
 

@@ -8,6 +8,7 @@ platforms disagree about a probability table).
 
     python -m tools.make_cdf_tables
 """
+
 from __future__ import annotations
 
 from pathlib import Path

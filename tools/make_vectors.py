@@ -9,6 +9,7 @@ regenerate them, add new ones. The `hyperprior-gmm` vector belongs to the
 weights it names: it is regenerated (on purpose, in the same commit) when
 the shipped weights change, see tests/vectors/README.md.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -16,6 +17,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+
 from bitstream import serialize
 from codec.media import Picture, read_image
 from codec.registry import get_codec

@@ -14,6 +14,7 @@ Designed for a 2-core CPU first, a GPU when there is one:
 
 Kodak is never read here: the held-out photos are BSDS500 test images.
 """
+
 from __future__ import annotations
 
 import csv
@@ -230,7 +231,9 @@ def train(opts: TrainOptions, log=print, progress=None) -> Path:
             )
         if step % opts.eval_every == 0 or step == opts.steps:
             for level, e_bpp, e_psnr in evaluate(model, holdout, device):
-                writer.writerow([f"{minutes_before + elapsed:.2f}", step, level, f"{e_bpp:.4f}", f"{e_psnr:.3f}", device.type])
+                writer.writerow(
+                    [f"{minutes_before + elapsed:.2f}", step, level, f"{e_bpp:.4f}", f"{e_psnr:.3f}", device.type]
+                )
             curve.flush()
         if time.time() - last_save > 60 * opts.checkpoint_minutes:
             save()

@@ -16,6 +16,7 @@ likelihoods).  Real coding lives in ``codec.image_codec``, which uses
 `analyse()`, `hyper_parameters()` and `synthesise()` so that everything that
 feeds a probability table is computed on the CPU in float64.
 """
+
 from __future__ import annotations
 
 import copy
@@ -116,20 +117,28 @@ class HyperpriorGMM(nn.Module):
         super().__init__()
         self.config = config
         n, m, h, k = config.channels, config.latent_channels, config.hyper_channels, config.mixtures
-        self.g_a = nn.Sequential(
-            _conv(3, n), GDN(n), _conv(n, n), GDN(n), _conv(n, n), GDN(n), _conv(n, m)
-        )
+        self.g_a = nn.Sequential(_conv(3, n), GDN(n), _conv(n, n), GDN(n), _conv(n, n), GDN(n), _conv(n, m))
         self.g_s = nn.Sequential(
-            _deconv(m, n), GDN(n, inverse=True), _deconv(n, n), GDN(n, inverse=True),
-            _deconv(n, n), GDN(n, inverse=True), _deconv(n, 3),
+            _deconv(m, n),
+            GDN(n, inverse=True),
+            _deconv(n, n),
+            GDN(n, inverse=True),
+            _deconv(n, n),
+            GDN(n, inverse=True),
+            _deconv(n, 3),
         )
         self.h_a = nn.Sequential(
-            _conv(m, n, 3, 1), nn.LeakyReLU(inplace=True),
-            _conv(n, n), nn.LeakyReLU(inplace=True), _conv(n, h),
+            _conv(m, n, 3, 1),
+            nn.LeakyReLU(inplace=True),
+            _conv(n, n),
+            nn.LeakyReLU(inplace=True),
+            _conv(n, h),
         )
         self.h_s = nn.Sequential(
-            _deconv(h, n), nn.LeakyReLU(inplace=True),
-            _deconv(n, n * 3 // 2), nn.LeakyReLU(inplace=True),
+            _deconv(h, n),
+            nn.LeakyReLU(inplace=True),
+            _deconv(n, n * 3 // 2),
+            nn.LeakyReLU(inplace=True),
             _conv(n * 3 // 2, 3 * k * m, 3, 1),
         )
         self.entropy_bottleneck = EntropyBottleneck(h)

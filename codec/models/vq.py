@@ -18,6 +18,7 @@ The building block of vqz's VQ codecs (images now, audio later):
 The index tensor is what gets entropy-coded; `utilisation()` reports, per
 codebook, the fraction of entries used and the perplexity.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -74,7 +75,11 @@ class MultiCodebookQuantiser(nn.Module):
     def _groups(self, x: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) -> (M, B*H*W, group)."""
         b, c, h, w = x.shape
-        return x.reshape(b, self.codebooks, self.group, h, w).permute(1, 0, 3, 4, 2).reshape(self.codebooks, -1, self.group)
+        return (
+            x.reshape(b, self.codebooks, self.group, h, w)
+            .permute(1, 0, 3, 4, 2)
+            .reshape(self.codebooks, -1, self.group)
+        )
 
     def _ungroup(self, g: torch.Tensor, shape: torch.Size) -> torch.Tensor:
         b, c, h, w = shape
@@ -106,8 +111,9 @@ class MultiCodebookQuantiser(nn.Module):
         self.initialised.fill_(True)
 
     @torch.no_grad()
-    def restart_dead_entries(self, x: torch.Tensor, threshold: float = 1e-3,
-                             generator: torch.Generator | None = None) -> int:
+    def restart_dead_entries(
+        self, x: torch.Tensor, threshold: float = 1e-3, generator: torch.Generator | None = None
+    ) -> int:
         """Move entries whose usage EMA fell under threshold / K onto random encoder outputs.
 
         The new key must come out of the learned map, so the base is solved
