@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 from PIL import Image
 
@@ -43,3 +44,22 @@ def test_training_resumes_from_its_checkpoint(tmp_path):
 def test_training_code_never_names_kodak():
     source = (Path(__file__).resolve().parents[1] / "tools" / "train_image.py").read_text().lower()
     assert "kodak" not in source.replace("kodak is never read here", "")
+
+
+def test_vq_training_initialises_codebooks_and_resumes(tmp_path):
+    from codec.models.vq_image import VQImageConfig
+
+    _fake_data(tmp_path / "data")
+    tiny = VQImageConfig(channels=8, latent_channels=8, levels=2, codebooks=2, entries=8)
+    opts = TrainOptions(data_root=tmp_path / "data", out_dir=tmp_path / "vq", steps=2, batch=2, crop=128,
+                        eval_every=2, arch="vq", config=tiny)  # fmt: skip
+    messages = []
+    train(opts, log=messages.append)
+    assert any("k-means" in m for m in messages)
+    state = torch.load(tmp_path / "vq" / "checkpoint.pt", weights_only=False)
+    assert state["arch"] == "vq" and state["step"] == 2
+    curve = (tmp_path / "vq" / "curve.csv").read_text().splitlines()
+    assert len(curve) == 1 + 2  # one evaluation, two prefixes
+    wrong = TrainOptions(data_root=tmp_path / "data", out_dir=tmp_path / "vq", steps=3, batch=2, crop=128)
+    with pytest.raises(ValueError, match="another model"):
+        train(wrong, log=lambda m: None)

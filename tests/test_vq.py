@@ -59,3 +59,22 @@ def test_kmeans_finds_separated_clusters():
     x = torch.cat([c + 0.1 * torch.randn(50, 2, generator=g) for c in centres])
     found = kmeans(x, 3, generator=g)
     assert torch.cdist(centres, found).min(1).values.max() < 0.5
+
+
+def test_vq_image_model_prefixes_decode_and_match_training_path():
+    from codec.models.vq_image import VQImageConfig, VQImageModel
+
+    torch.manual_seed(0)
+    model = VQImageModel(VQImageConfig(channels=8, latent_channels=8, levels=3, codebooks=2, entries=16)).eval()
+    x = torch.rand(2, 3, 128, 64)
+    for keep in (1, 2, 3):
+        indices = model.encode_indices(x, keep)
+        assert [i.shape[-2:] for i in indices] == [(2, 1), (4, 2), (8, 4)][:keep]
+        decoded = model.decode_indices(indices)
+        with torch.no_grad():
+            out = model(x, keep)
+        assert decoded.shape == x.shape
+        assert torch.allclose(decoded, out.x_hat, atol=1e-5)
+        assert all(torch.equal(a, b) for a, b in zip(indices, out.indices))
+    assert model.bits(128, 64) == (8 * 4 + 4 * 2 + 2 * 1) * 2 * 4
+    assert model.bits(128, 64, keep=1) == 2 * 1 * 2 * 4

@@ -118,9 +118,8 @@ def train() -> None:
     "--out",
     "out_dir",
     type=click.Path(path_type=Path),
-    default=Path("runs/gmm"),
-    show_default=True,
-    help="Checkpoint folder; training resumes from its checkpoint.pt.",
+    default=None,
+    help="Checkpoint folder (default runs/<arch>); training resumes from its checkpoint.pt.",
 )
 @click.option("--steps", default=30000, show_default=True, help="Schedule length (and where training stops).")
 @click.option("--batch", default=8, show_default=True)
@@ -129,13 +128,17 @@ def train() -> None:
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--threads", default=0, help="Torch threads (0: default).")
 @click.option("--max-minutes", default=0.0, help="Stop (with a checkpoint) after this long.")
+@click.option("--arch", type=click.Choice(["hyperprior-gmm", "vq"]), default="hyperprior-gmm", show_default=True)
 @click.option("--export", is_flag=True, help="Afterwards, export the checkpoint as the shipped weights.")
 @friendly_errors
-def train_image(data_root, out_dir, steps, batch, crop, lr, device, threads, max_minutes, export) -> None:
-    """Train the hyperprior-gmm image model."""
+def train_image(data_root, out_dir, steps, batch, crop, lr, device, threads, max_minutes, arch, export) -> None:
+    """Train an image model (resumes from --out/checkpoint.pt)."""
     from tools.train_image import TrainOptions
     from tools.train_image import train as run
 
+    if export and arch != "hyperprior-gmm":
+        raise UserError(f"--export is not available for {arch} yet (its codec is not built)")
+    out_dir = out_dir or Path("runs") / arch
     if not (data_root / "bsds500").is_dir():
         raise UserError(f"{data_root}: no bsds500/ training folder there")
     opts = TrainOptions(
@@ -148,6 +151,7 @@ def train_image(data_root, out_dir, steps, batch, crop, lr, device, threads, max
         device=device,
         threads=threads,
         max_minutes=max_minutes,
+        arch=arch,
     )
     with click.progressbar(length=steps, label="training", file=sys.stderr, item_show_func=lambda text: text) as bar:
 

@@ -1,4 +1,4 @@
-"""Training of the variable-rate hyperprior image model (`vqz train image`).
+"""Training of the image models (`vqz train image [--arch hyperprior-gmm|vq]`).
 
 Designed for a 2-core CPU first, a GPU when there is one:
 - the training photos are decoded once into memory, the large SUN scenes
@@ -31,6 +31,7 @@ from PIL import Image
 
 from codec.fileio import atomic_write
 from codec.models.hyperprior import HyperpriorConfig, HyperpriorGMM
+from codec.models.vq_image import VQImageConfig, VQImageModel
 
 TRAIN_DIRS = ("bsds500/train", "bsds500/val", "sun_hays80")
 HOLDOUT_DIR = "bsds500/test"
@@ -83,6 +84,95 @@ def random_batch(images: list[np.ndarray], batch: int, crop: int, rng: np.random
     return torch.from_numpy(out).permute(0, 3, 1, 2).float().div_(255.0)
 
 
+def learning_rate(step: int, peak: float, warmup: int, total: int) -> float:
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    t = min(1.0, (step - warmup) / max(1, total - warmup))
+    return peak * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * t)))
+
+
+class HyperpriorArch:
+    """hyperprior-gmm: every sample of a batch trains its own random quality level."""
+
+    name = "hyperprior-gmm"
+    config_type = HyperpriorConfig
+
+    def build(self, config: HyperpriorConfig) -> HyperpriorGMM:
+        return HyperpriorGMM(config)
+
+    def parameters(self, model: HyperpriorGMM) -> list[torch.nn.Parameter]:
+        # The bottleneck's quantiles only serve CompressAI's own coder; ours does not use them.
+        return [p for n, p in model.named_parameters() if not n.endswith("quantiles")]
+
+    def loss(self, model: HyperpriorGMM, x: torch.Tensor, rng: np.random.Generator):
+        quality = torch.from_numpy(rng.integers(0, model.config.levels, x.shape[0])).to(x.device)
+        return rate_distortion_loss(model, x, quality)
+
+    def maintain(self, model: HyperpriorGMM, x: torch.Tensor, step: int, generator: torch.Generator) -> str:
+        return ""
+
+    @torch.no_grad()
+    def evaluate(self, model: HyperpriorGMM, x: torch.Tensor) -> list[tuple[int, float, float]]:
+        """(level, estimated bpp, PSNR) on the holdout crops, for every quality level."""
+        rows = []
+        for level in range(model.config.levels):
+            out = model(x, torch.full((x.shape[0],), level, device=x.device))
+            bits = sum(-torch.log2(lk).sum() for lk in out["likelihoods"].values())
+            rows.append((level + 1, float(bits) / (x.shape[0] * x.shape[2] * x.shape[3]), _psnr(out["x_hat"], x)))
+        return rows
+
+
+class VQArch:
+    """vq: distortion plus commitment; each batch keeps a random number of levels (coarsest first).
+
+    Codebooks are initialised by k-means on the first batch's residual
+    targets and unused entries are restarted every RESTART_EVERY steps.
+    """
+
+    name = "vq"
+    config_type = VQImageConfig
+    distortion_weight = 0.01 * 255.0**2  # MSE (0..1 images) against the commitment loss
+    RESTART_EVERY = 200
+
+    def build(self, config: VQImageConfig) -> VQImageModel:
+        return VQImageModel(config)
+
+    def parameters(self, model: VQImageModel) -> list[torch.nn.Parameter]:
+        return list(model.parameters())
+
+    def loss(self, model: VQImageModel, x: torch.Tensor, rng: np.random.Generator):
+        keep = int(rng.integers(1, model.config.levels + 1))
+        out = model(x, keep)
+        mse = (out.x_hat - x).pow(2).flatten(1).mean(1)
+        bpp = torch.full_like(mse, model.bits(x.shape[2], x.shape[3], keep) / (x.shape[2] * x.shape[3]))
+        return (self.distortion_weight * mse).mean() + out.commitment, bpp, mse.detach()
+
+    def maintain(self, model: VQImageModel, x: torch.Tensor, step: int, generator: torch.Generator) -> str:
+        if not bool(model.quantisers[0].initialised):
+            model.initialise_codebooks(x, generator)
+            return "codebooks initialised by k-means"
+        if step % self.RESTART_EVERY == 0:
+            return f"restarted {model.restart_dead_entries(x, generator)} dead entries"
+        return ""
+
+    @torch.no_grad()
+    def evaluate(self, model: VQImageModel, x: torch.Tensor) -> list[tuple[int, float, float]]:
+        """(levels kept, fixed-length bpp, PSNR) for every prefix of the levels."""
+        rows = []
+        for keep in range(1, model.config.levels + 1):
+            bpp = model.bits(x.shape[2], x.shape[3], keep) / (x.shape[2] * x.shape[3])
+            rows.append((keep, bpp, _psnr(model(x, keep).x_hat, x)))
+        return rows
+
+
+ARCHITECTURES = {a.name: a for a in (HyperpriorArch(), VQArch())}
+
+
+def _psnr(x_hat: torch.Tensor, x: torch.Tensor) -> float:
+    mse = (x_hat.clamp(0, 1) - x).pow(2).flatten(1).mean(1)
+    return float((10 * torch.log10(1.0 / mse)).mean())
+
+
 def rate_distortion_loss(
     model: HyperpriorGMM, x: torch.Tensor, quality: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -95,31 +185,6 @@ def rate_distortion_loss(
     lambdas = torch.tensor(model.config.lambdas, dtype=x.dtype, device=x.device)[quality.long()]
     loss = (lambdas * 255.0**2 * mse + bpp).mean()
     return loss, bpp.detach(), mse.detach()
-
-
-def learning_rate(step: int, peak: float, warmup: int, total: int) -> float:
-    if step < warmup:
-        return peak * (step + 1) / warmup
-    t = min(1.0, (step - warmup) / max(1, total - warmup))
-    return peak * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * t)))
-
-
-@torch.no_grad()
-def evaluate(model: HyperpriorGMM, holdout: torch.Tensor, device: torch.device) -> list[tuple[int, float, float]]:
-    """(level, estimated bpp, PSNR) on the holdout crops, for every quality level."""
-    model.eval()
-    rows = []
-    x = holdout.to(device)
-    for level in range(model.config.levels):
-        q = torch.full((x.shape[0],), level, device=device)
-        out = model(x, q)
-        bits = sum(-torch.log2(lk).sum() for lk in out["likelihoods"].values())
-        bpp = float(bits) / (x.shape[0] * x.shape[2] * x.shape[3])
-        mse = (out["x_hat"].clamp(0, 1) - x).pow(2).flatten(1).mean(1)
-        psnr = float((10 * torch.log10(1.0 / mse)).mean())
-        rows.append((level + 1, bpp, psnr))
-    model.train()
-    return rows
 
 
 def _atomic_save(obj: object, path: Path) -> None:
@@ -144,7 +209,8 @@ class TrainOptions:
     checkpoint_minutes: float = 5.0
     eval_every: int = 500
     max_minutes: float = 0.0  # 0: no wall-clock limit
-    config: HyperpriorConfig = dataclasses.field(default_factory=HyperpriorConfig)
+    arch: str = "hyperprior-gmm"
+    config: HyperpriorConfig | VQImageConfig | None = None  # None: the architecture's default
 
 
 def train(opts: TrainOptions, log=print, progress=None) -> Path:
@@ -159,16 +225,19 @@ def train(opts: TrainOptions, log=print, progress=None) -> Path:
     opts.out_dir.mkdir(parents=True, exist_ok=True)
     ckpt_path = opts.out_dir / "checkpoint.pt"
     torch.manual_seed(opts.seed)
-    model = HyperpriorGMM(opts.config).to(device)
-    # The bottleneck's quantiles only serve CompressAI's own coder; ours does not use them.
-    params = [p for n, p in model.named_parameters() if not n.endswith("quantiles")]
+    generator = torch.Generator().manual_seed(opts.seed)
+    arch = ARCHITECTURES[opts.arch]
+    config = opts.config or arch.config_type()
+    model = arch.build(config).to(device)
+    params = arch.parameters(model)
     optimizer = torch.optim.Adam(params, lr=opts.lr)
     step, minutes_before = 0, 0.0
     rng = np.random.default_rng(opts.seed)
     if ckpt_path.exists():
         state = torch.load(ckpt_path, map_location=device, weights_only=False)
-        if HyperpriorConfig(**state["config"]) != opts.config:
-            raise ValueError(f"{ckpt_path} was trained with another configuration: {state['config']}")
+        saved = state["config"] | ({"lambdas": tuple(state["config"]["lambdas"])} if "lambdas" in state["config"] else {})
+        if state.get("arch", "hyperprior-gmm") != arch.name or arch.config_type(**saved) != config:
+            raise ValueError(f"{ckpt_path} was trained as another model: {state.get('arch')} {state['config']}")
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         step, minutes_before = state["step"], state["minutes"]
@@ -178,7 +247,7 @@ def train(opts: TrainOptions, log=print, progress=None) -> Path:
 
     images = load_training_images(opts.data_root, opts.crop)
     holdout = load_holdout(opts.data_root)
-    log(f"{len(images)} training images, {model.parameter_count():,} parameters, device {device}")
+    log(f"{len(images)} training images, {sum(p.numel() for p in model.parameters()):,} parameters, device {device}")
     curve_path = opts.out_dir / "curve.csv"
     new_curve = not curve_path.exists()
     curve = open(curve_path, "a", newline="")
@@ -189,7 +258,8 @@ def train(opts: TrainOptions, log=print, progress=None) -> Path:
     def save() -> None:
         _atomic_save(
             {
-                "config": dataclasses.asdict(opts.config),
+                "arch": arch.name,
+                "config": dataclasses.asdict(config),
                 "model": model.state_dict(),
                 "optimizer": optimizer.state_dict(),
                 "step": step,
@@ -205,15 +275,16 @@ def train(opts: TrainOptions, log=print, progress=None) -> Path:
         sig: signal.signal(sig, lambda *_: stop.append(True)) for sig in (signal.SIGTERM, signal.SIGINT)
     }
     start = last_save = time.time()
-    levels = opts.config.levels
     running = None
     model.train()
     while step < opts.steps:
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(step, opts.lr, opts.warmup, opts.steps)
         x = random_batch(images, opts.batch, opts.crop, rng).to(device)
-        quality = torch.from_numpy(rng.integers(0, levels, opts.batch)).to(device)
-        loss, bpp, mse = rate_distortion_loss(model, x, quality)
+        note = arch.maintain(model, x, step, generator)
+        if note:
+            log(f"step {step}: {note}")
+        loss, bpp, mse = arch.loss(model, x, rng)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, opts.clip)
@@ -230,7 +301,10 @@ def train(opts: TrainOptions, log=print, progress=None) -> Path:
                 f"lr {optimizer.param_groups[0]['lr']:.2e} {minutes_before + elapsed:.1f} min"
             )
         if step % opts.eval_every == 0 or step == opts.steps:
-            for level, e_bpp, e_psnr in evaluate(model, holdout, device):
+            model.eval()
+            rows = arch.evaluate(model, holdout.to(device))
+            model.train()
+            for level, e_bpp, e_psnr in rows:
                 writer.writerow(
                     [f"{minutes_before + elapsed:.2f}", step, level, f"{e_bpp:.4f}", f"{e_psnr:.3f}", device.type]
                 )

@@ -60,6 +60,19 @@ def _deconv(cin: int, cout: int, k: int = 5, stride: int = 2) -> nn.ConvTranspos
     return nn.ConvTranspose2d(cin, cout, k, stride=stride, padding=k // 2, output_padding=stride - 1)
 
 
+def analysis_transform(n: int, m: int) -> nn.Sequential:
+    """Image (3 channels) -> m channels at 1/16 resolution: 4 strided 5x5 convolutions, GDN between."""
+    return nn.Sequential(_conv(3, n), GDN(n), _conv(n, n), GDN(n), _conv(n, n), GDN(n), _conv(n, m))
+
+
+def synthesis_transform(n: int, m: int) -> nn.Sequential:
+    """m channels at 1/16 resolution -> image: 4 strided 5x5 deconvolutions, IGDN between."""
+    return nn.Sequential(
+        _deconv(m, n), GDN(n, inverse=True), _deconv(n, n), GDN(n, inverse=True),
+        _deconv(n, n), GDN(n, inverse=True), _deconv(n, 3),
+    )  # fmt: skip
+
+
 def mixture_likelihood(
     y: torch.Tensor, weights: torch.Tensor, means: torch.Tensor, scales: torch.Tensor
 ) -> torch.Tensor:
@@ -117,16 +130,8 @@ class HyperpriorGMM(nn.Module):
         super().__init__()
         self.config = config
         n, m, h, k = config.channels, config.latent_channels, config.hyper_channels, config.mixtures
-        self.g_a = nn.Sequential(_conv(3, n), GDN(n), _conv(n, n), GDN(n), _conv(n, n), GDN(n), _conv(n, m))
-        self.g_s = nn.Sequential(
-            _deconv(m, n),
-            GDN(n, inverse=True),
-            _deconv(n, n),
-            GDN(n, inverse=True),
-            _deconv(n, n),
-            GDN(n, inverse=True),
-            _deconv(n, 3),
-        )
+        self.g_a = analysis_transform(n, m)
+        self.g_s = synthesis_transform(n, m)
         self.h_a = nn.Sequential(
             _conv(m, n, 3, 1),
             nn.LeakyReLU(inplace=True),

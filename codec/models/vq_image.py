@@ -1,0 +1,153 @@
+"""Multi-level, multi-codebook VQ image model (McQuic-style), for the coming `vq` codec.
+
+The analysis transform (shared with the hyperprior model) gives a latent
+y at 1/16 resolution; strided convolutions derive coarser feature maps at
+1/32 and 1/64. Quantisation runs coarse to fine: the coarsest map is
+quantised, upsampled, and each finer level quantises only the residual of
+what the coarser ones already explain. The decoder rebuilds the latent the
+same way from the indices and runs the synthesis transform.
+
+Rate points without retraining: decoding any *prefix* of the levels
+(coarsest first) gives a valid image, and training samples the prefix
+length at random so every prefix decodes well. The bits are the indices:
+levels x codebooks x positions x log2(entries) before entropy coding.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+
+from codec.models.hyperprior import _conv, _deconv, analysis_transform, synthesis_transform
+from codec.models.vq import MultiCodebookQuantiser
+
+
+@dataclass(frozen=True)
+class VQImageConfig:
+    channels: int = 64  # N: width of the transforms
+    latent_channels: int = 96  # M: channels at every level
+    levels: int = 3  # at 1/16, 1/32, 1/64 of the image
+    codebooks: int = 4  # per level
+    entries: int = 256  # per codebook
+    commitment: float = 0.25
+
+
+@dataclass
+class VQOutput:
+    x_hat: torch.Tensor
+    indices: list[torch.Tensor]  # per level, coarsest first, each (B, codebooks, h, w)
+    commitment: torch.Tensor
+
+
+class VQImageModel(nn.Module):
+    def __init__(self, config: VQImageConfig = VQImageConfig()):
+        super().__init__()
+        self.config = config
+        n, m, levels = config.channels, config.latent_channels, config.levels
+        self.g_a = analysis_transform(n, m)
+        self.g_s = synthesis_transform(n, m)
+        self.down = nn.ModuleList([_conv(m, m, 3, 2) for _ in range(levels - 1)])  # level l -> l+1
+        self.up = nn.ModuleList([_deconv(m, m, 3, 2) for _ in range(levels - 1)])  # level l+1 -> l
+        self.quantisers = nn.ModuleList(
+            [MultiCodebookQuantiser(m, config.codebooks, config.entries, config.commitment) for _ in range(levels)]
+        )
+
+    def features(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Feature maps per level, finest (1/16) first."""
+        feats = [self.g_a(x)]
+        for down in self.down:
+            feats.append(down(feats[-1]))
+        return feats
+
+    def _coarse_to_fine(self, feats: list[torch.Tensor] | None, values_of, keep: int):
+        """Rebuild the finest latent from per-level values; levels beyond `keep` contribute nothing.
+
+        `values_of(level, target)` returns (values, extra) for a level given
+        the residual it should explain (None at decode time).
+        """
+        levels = self.config.levels
+        recon, extras = None, []
+        for level in reversed(range(levels)):
+            used = levels - level <= keep
+            target = None
+            if feats is not None:
+                target = feats[level] if recon is None else feats[level] - recon
+            if used:
+                values, extra = values_of(level, target)
+                extras.append(extra)
+                current = values if recon is None else recon + values
+            else:
+                current = recon
+            if level > 0:
+                recon = self.up[level - 1](current) if current is not None else None
+            else:
+                recon = current
+        return recon, extras
+
+    def forward(self, x: torch.Tensor, keep: int | None = None) -> VQOutput:
+        """Training path; `keep` levels (coarsest first) are used, all by default."""
+        keep = self.config.levels if keep is None else keep
+        feats = self.features(x)
+
+        def quantise(level, target):
+            q = self.quantisers[level](target)
+            return q.values, (q.indices, q.commitment)
+
+        y_hat, extras = self._coarse_to_fine(feats, quantise, keep)
+        indices = [e[0] for e in extras]
+        commitment = torch.stack([e[1] for e in extras]).sum()
+        return VQOutput(self.g_s(y_hat), indices, commitment)
+
+    @torch.no_grad()
+    def encode_indices(self, x: torch.Tensor, keep: int | None = None) -> list[torch.Tensor]:
+        """Indices per used level, coarsest first (what a file stores)."""
+        keep = self.config.levels if keep is None else keep
+        feats = self.features(x)
+
+        def nearest(level, target):
+            idx = self.quantisers[level].nearest(target)
+            return self.quantisers[level].lookup(idx), idx
+
+        _, indices = self._coarse_to_fine(feats, nearest, keep)
+        return indices
+
+    @torch.no_grad()
+    def decode_indices(self, indices: list[torch.Tensor]) -> torch.Tensor:
+        """Image from the indices of the first len(indices) levels (coarsest first)."""
+        levels = self.config.levels
+        by_level = {levels - 1 - i: idx for i, idx in enumerate(indices)}
+        y_hat, _ = self._coarse_to_fine(None, lambda level, _: (self.quantisers[level].lookup(by_level[level]), None),
+                                        len(indices))  # fmt: skip
+        return self.g_s(y_hat)
+
+    @torch.no_grad()
+    def initialise_codebooks(self, x: torch.Tensor, generator: torch.Generator | None = None) -> None:
+        """k-means on real residual targets, coarse to fine (each level sees the residual of the initialised coarser ones)."""
+        def init(level, target):
+            q = self.quantisers[level]
+            q.initialise(target, generator)
+            return q.lookup(q.nearest(target)), None
+
+        self._coarse_to_fine(self.features(x), init, self.config.levels)
+
+    @torch.no_grad()
+    def restart_dead_entries(self, x: torch.Tensor, generator: torch.Generator | None = None) -> int:
+        """Restart unused entries of every level on that level's current residual targets."""
+        restarted = []
+
+        def restart(level, target):
+            q = self.quantisers[level]
+            restarted.append(q.restart_dead_entries(target, generator=generator))
+            return q.lookup(q.nearest(target)), None
+
+        self._coarse_to_fine(self.features(x), restart, self.config.levels)
+        return sum(restarted)
+
+    def bits(self, height: int, width: int, keep: int | None = None) -> float:
+        """Fixed-length size of the indices of a height x width image (multiples of 64)."""
+        keep = self.config.levels if keep is None else keep
+        per_entry = float(torch.log2(torch.tensor(float(self.config.entries))))
+        positions = sum((height // (16 << lv)) * (width // (16 << lv)) for lv in range(self.config.levels - keep,
+                                                                                      self.config.levels))  # fmt: skip
+        return positions * self.config.codebooks * per_entry
