@@ -57,7 +57,9 @@ def _pil_decode(data: bytes) -> np.ndarray:
 
 def _jpeg2000_encode(pixels: np.ndarray, ratio: float) -> bytes:
     out = io.BytesIO()
-    _pil_image(pixels).save(out, format="JPEG2000", quality_mode="rates", quality_layers=[ratio], irreversible=True)
+    # irreversible 9/7 wavelet with the multi-component (RGB -> YCbCr) transform, as JPEG 2000 is meant to be used
+    _pil_image(pixels).save(out, format="JPEG2000", quality_mode="rates", quality_layers=[ratio], irreversible=True,
+                            mct=1 if pixels.shape[2] == 3 else 0)  # fmt: skip
     return out.getvalue()
 
 
@@ -122,7 +124,7 @@ CLASSICAL: dict[str, EvalCodec] = {
         ),
         EvalCodec(
             "jpeg2000",
-            "JPEG 2000 (Pillow, OpenJPEG; quality = compression ratio)",
+            "JPEG 2000 (Pillow, OpenJPEG, 9/7 wavelet, MCT; quality = compression ratio)",
             (480, 240, 120, 60, 30, 16, 12),
             _jpeg2000_encode,
             _pil_decode,

@@ -221,7 +221,8 @@ def evaluate(
     raw.mkdir(parents=True, exist_ok=True)
     qualities = qualities or {}
     tasks = [Task(c.name, float(q)) for c in codecs for q in qualities.get(c.name, c.qualities)]
-    fingerprints = {c.name: c.fingerprint for c in codecs}
+    # what the results depend on: the codec's settings (its description) and library versions / weights
+    fingerprints = {c.name: f"{c.description}; {c.fingerprint}" for c in codecs}
     done: dict[Task, list[dict]] = {}
     for t in tasks:  # resume: reuse results of the same images, made by the same library / weights
         f = raw / f"{t.key}.json"
