@@ -9,6 +9,12 @@ from pathlib import Path
 from codec.errors import InvalidRequestError
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write(path: str | os.PathLike, data: bytes, force: bool = False) -> None:
     """Write `data` to `path` through a temporary file in the same folder and a rename.
 
@@ -21,6 +27,7 @@ def atomic_write(path: str | os.PathLike, data: bytes, force: bool = False) -> N
         raise InvalidRequestError(f"{target} is a directory")
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent or ".")
     try:
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 files; outputs get the usual mode
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()

@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from codec.errors import InvalidRequestError, UnsupportedMediaError
-from codec.fileio import atomic_write
+from codec.fileio import _umask, atomic_write
 from codec.media import Picture, load_image, png_bytes
 
 
@@ -61,3 +61,4 @@ def test_atomic_write_never_clobbers(tmp_path):
     atomic_write(target, b"three", force=True)
     assert target.read_bytes() == b"three"
     assert [p.name for p in tmp_path.iterdir()] == ["out.bin"]
+    assert target.stat().st_mode & 0o777 == 0o666 & ~_umask()
