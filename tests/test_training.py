@@ -63,3 +63,21 @@ def test_vq_training_initialises_codebooks_and_resumes(tmp_path):
     wrong = TrainOptions(data_root=tmp_path / "data", out_dir=tmp_path / "vq", steps=3, batch=2, crop=128)
     with pytest.raises(ValueError, match="another model"):
         train(wrong, log=lambda m: None)
+
+
+def test_a_new_run_continues_from_the_committed_checkpoint(tmp_path, monkeypatch):
+    import tools.train_image as train_image
+
+    committed = tmp_path / "committed"
+    committed.mkdir()
+    (committed / "hyperprior-gmm-checkpoint.pt").write_bytes(b"state")
+    (committed / "hyperprior-gmm-curve.csv").write_text("minutes,step\n")
+    monkeypatch.setattr(train_image, "COMMITTED", committed)
+    run = tmp_path / "run"
+    run.mkdir()
+    messages = []
+    train_image.seed_from_committed(run, "hyperprior-gmm", messages.append)
+    assert (run / "checkpoint.pt").read_bytes() == b"state" and (run / "curve.csv").exists() and messages
+    (run / "checkpoint.pt").write_bytes(b"newer")
+    train_image.seed_from_committed(run, "hyperprior-gmm", messages.append)  # never overwrites a run
+    assert (run / "checkpoint.pt").read_bytes() == b"newer"

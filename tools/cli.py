@@ -133,7 +133,7 @@ def train() -> None:
 @friendly_errors
 def train_image(data_root, out_dir, steps, batch, crop, lr, device, threads, max_minutes, arch, export) -> None:
     """Train an image model (resumes from --out/checkpoint.pt)."""
-    from tools.train_image import TrainOptions
+    from tools.train_image import TrainOptions, seed_from_committed
     from tools.train_image import train as run
 
     if export and arch != "hyperprior-gmm":
@@ -153,6 +153,8 @@ def train_image(data_root, out_dir, steps, batch, crop, lr, device, threads, max
         max_minutes=max_minutes,
         arch=arch,
     )
+    out_dir.mkdir(parents=True, exist_ok=True)
+    seed_from_committed(out_dir, arch, log=lambda m: click.echo(m, err=True))
     with click.progressbar(length=steps, label="training", file=sys.stderr, item_show_func=lambda text: text) as bar:
 
         def progress(step: int, summary: str) -> None:

@@ -21,6 +21,7 @@ import csv
 import dataclasses
 import io
 import math
+import shutil
 import signal
 import time
 from pathlib import Path
@@ -187,6 +188,25 @@ def rate_distortion_loss(
     return loss, bpp.detach(), mse.detach()
 
 
+COMMITTED = Path(__file__).resolve().parents[1] / "weights" / "training"
+
+
+def seed_from_committed(out_dir: Path, arch: str, log=print) -> None:
+    """Start a new run folder from the committed checkpoint (and curve) of `arch`, if there is one.
+
+    Training runs span sessions: each session ends by committing its last
+    checkpoint under weights/training/, and the next one continues from it.
+    """
+    committed = COMMITTED / f"{arch}-checkpoint.pt"
+    if (out_dir / "checkpoint.pt").exists() or not committed.exists():
+        return
+    shutil.copyfile(committed, out_dir / "checkpoint.pt")
+    curve = COMMITTED / f"{arch}-curve.csv"
+    if curve.exists() and not (out_dir / "curve.csv").exists():
+        shutil.copyfile(curve, out_dir / "curve.csv")
+    log(f"continuing from the committed checkpoint {committed}")
+
+
 def _atomic_save(obj: object, path: Path) -> None:
     buf = io.BytesIO()
     torch.save(obj, buf)
@@ -235,7 +255,9 @@ def train(opts: TrainOptions, log=print, progress=None) -> Path:
     rng = np.random.default_rng(opts.seed)
     if ckpt_path.exists():
         state = torch.load(ckpt_path, map_location=device, weights_only=False)
-        saved = state["config"] | ({"lambdas": tuple(state["config"]["lambdas"])} if "lambdas" in state["config"] else {})
+        saved = state["config"] | (
+            {"lambdas": tuple(state["config"]["lambdas"])} if "lambdas" in state["config"] else {}
+        )
         if state.get("arch", "hyperprior-gmm") != arch.name or arch.config_type(**saved) != config:
             raise ValueError(f"{ckpt_path} was trained as another model: {state.get('arch')} {state['config']}")
         model.load_state_dict(state["model"])

@@ -12,6 +12,7 @@ Rate points without retraining: decoding any *prefix* of the levels
 length at random so every prefix decodes well. The bits are the indices:
 levels x codebooks x positions x log2(entries) before entropy coding.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -124,6 +125,7 @@ class VQImageModel(nn.Module):
     @torch.no_grad()
     def initialise_codebooks(self, x: torch.Tensor, generator: torch.Generator | None = None) -> None:
         """k-means on real residual targets, coarse to fine (each level sees the residual of the initialised coarser ones)."""
+
         def init(level, target):
             q = self.quantisers[level]
             q.initialise(target, generator)
