@@ -91,6 +91,7 @@ def speed(kodak: Path, images: int, repeats: int, quality: float) -> dict:
 def mosaic(kodak: Path, size: int) -> np.ndarray:
     """A size x size picture tiled from the Kodak images (row-major, wrapping)."""
     tiles = [read_image(p).pixels for p in sorted(kodak.glob("*.png"))]
+    tiles = [t if t.shape[1] >= 768 else t.transpose(1, 0, 2) for t in tiles]  # portrait ones lie down
     out = np.empty((size, size, 3), np.uint8)
     k = 0
     for top in range(0, size, 512):
