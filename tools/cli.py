@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import sys
+import warnings
 from pathlib import Path
 
 import click
@@ -222,6 +223,8 @@ def bench_tiles(ctx, kodak, quality, size) -> None:
 
 
 def main() -> None:
+    # compressai's import triggers a torch deprecation warning a CLI user can do nothing about
+    warnings.filterwarnings("ignore", message=r"`torch.jit.script` is deprecated", category=FutureWarning)
     cli(prog_name="vqz")
 
 
