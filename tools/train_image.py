@@ -317,7 +317,7 @@ def train(opts: TrainOptions, log=print, progress=None) -> Path:
         elapsed = (time.time() - start) / 60
         if progress:
             progress(step, f"loss {running[0]:.3f} bpp {running[1]:.3f} psnr {running[2]:.2f}")
-        if step % 50 == 0 and not progress:
+        if step % (500 if progress else 50) == 0:  # a bar does not show when stderr is not a terminal
             log(
                 f"step {step} loss {running[0]:.3f} bpp {running[1]:.3f} psnr {running[2]:.2f} "
                 f"lr {optimizer.param_groups[0]['lr']:.2e} {minutes_before + elapsed:.1f} min"
