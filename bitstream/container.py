@@ -111,10 +111,6 @@ class Container:
     def data_chunks(self) -> list[bytes]:
         return [c.data for c in self.chunks if c.kind == ChunkKind.DATA]
 
-    def side_info(self) -> bytes | None:
-        found = [c.data for c in self.chunks if c.kind == ChunkKind.SIDE_INFO]
-        return found[0] if found else None
-
 
 # --------------------------------------------------------------------------
 # writing
