@@ -81,3 +81,41 @@ def test_a_new_run_continues_from_the_committed_checkpoint(tmp_path, monkeypatch
     (run / "checkpoint.pt").write_bytes(b"newer")
     train_image.seed_from_committed(run, "hyperprior-gmm", messages.append)  # never overwrites a run
     assert (run / "checkpoint.pt").read_bytes() == b"newer"
+
+
+def test_new_rate_levels_keep_the_trained_gains_and_restart_the_schedule(tmp_path):
+    import csv
+    import dataclasses
+
+    from tools.train_image import learning_rate, regain_levels
+
+    _fake_data(tmp_path / "data")
+    small = HyperpriorConfig(channels=8, latent_channels=8, hyper_channels=8, lambdas=(0.01, 0.04))
+    opts = TrainOptions(data_root=tmp_path / "data", out_dir=tmp_path / "run", steps=2, batch=2, crop=128,
+                        eval_every=2, config=small, warmup=2)  # fmt: skip
+    train(opts, log=lambda m: None)
+    before = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=False)["model"]
+
+    # the pure re-fit: old levels reproduced exactly, a new level halfway in log-lambda is the mean
+    state = {k: before[k].clone() for k in ("log_gain", "log_inverse_gain")}
+    regain_levels(state, (0.01, 0.04), (0.005, 0.01, 0.02, 0.04))
+    assert torch.allclose(state["log_gain"][1], before["log_gain"][0], atol=1e-6)
+    assert torch.allclose(state["log_gain"][3], before["log_gain"][1], atol=1e-6)
+    assert torch.allclose(state["log_gain"][2], before["log_gain"].mean(0), atol=1e-6)
+    extrapolated = 1.5 * before["log_gain"][0] - 0.5 * before["log_gain"][1]
+    assert torch.allclose(state["log_gain"][0], extrapolated, atol=1e-6)
+
+    # training on with the new ladder: resumes, re-fits, restarts warm-up from step 2, labels the curve
+    opts.config = dataclasses.replace(small, lambdas=(0.005, 0.01, 0.02, 0.04))
+    opts.steps = 3
+    messages = []
+    train(opts, log=messages.append)
+    after = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=False)
+    assert after["step"] == 3 and after["schedule_start"] == 2 and after["model"]["log_gain"].shape == (4, 8)
+    assert any("from 2 to 4" in m for m in messages)
+    rows = list(csv.DictReader((tmp_path / "run" / "curve.csv").open()))
+    assert {float(r["lambda"]) for r in rows if r["step"] == "2"} == {0.01, 0.04}
+    assert {float(r["lambda"]) for r in rows if r["step"] == "3"} == {0.005, 0.01, 0.02, 0.04}
+    assert learning_rate(0, 1.0, 2, 10) == 0.5 and learning_rate(10, 1.0, 2, 10) == pytest.approx(0.05)
+    with pytest.raises(ValueError, match="another model"):  # other widths are another model, not a new ladder
+        train(dataclasses.replace(opts, config=dataclasses.replace(small, channels=16), steps=4), log=lambda m: None)

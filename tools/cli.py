@@ -130,9 +130,14 @@ def train() -> None:
 @click.option("--threads", default=0, help="Torch threads (0: default).")
 @click.option("--max-minutes", default=0.0, help="Stop (with a checkpoint) after this long.")
 @click.option("--arch", type=click.Choice(["hyperprior-gmm", "vq"]), default="hyperprior-gmm", show_default=True)
+@click.option(
+    "--new-schedule", is_flag=True, help="Restart warm-up and cosine decay from the checkpoint's step (up to --steps)."
+)
 @click.option("--export", is_flag=True, help="Afterwards, export the checkpoint as the shipped weights.")
 @friendly_errors
-def train_image(data_root, out_dir, steps, batch, crop, lr, device, threads, max_minutes, arch, export) -> None:
+def train_image(
+    data_root, out_dir, steps, batch, crop, lr, device, threads, max_minutes, arch, new_schedule, export
+) -> None:
     """Train an image model (resumes from --out/checkpoint.pt)."""
     from tools.train_image import TrainOptions, seed_from_committed
     from tools.train_image import train as run
@@ -153,6 +158,7 @@ def train_image(data_root, out_dir, steps, batch, crop, lr, device, threads, max
         threads=threads,
         max_minutes=max_minutes,
         arch=arch,
+        new_schedule=new_schedule,
     )
     out_dir.mkdir(parents=True, exist_ok=True)
     seed_from_committed(out_dir, arch, log=lambda m: click.echo(m, err=True))

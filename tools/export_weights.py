@@ -5,7 +5,13 @@
 Writes weights/<name>.pt (config, float32 state dict, and the integer tables
 of the hyper-latent prior, computed here once in float64 so that coders
 never rebuild them) and updates weights/manifest.json with its sha256,
-parameter count, data and steps. Figures are added by the evaluation.
+parameter count, data and steps.
+
+    python -m tools.export_weights --figures docs/results/kodak [--name hyperprior-gmm]
+
+copies the Kodak figures of a finished `vqz eval` (its <codec>.json and
+webp.json) into the model's manifest entry, so the manifest never carries a
+hand-typed number.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ import torch
 from codec.fileio import atomic_write
 from codec.image_codec import z_frequencies
 from codec.models.hyperprior import HyperpriorConfig, HyperpriorGMM
+from tools.bdrate import compare, load_results
 
 WEIGHTS_DIR = Path(__file__).resolve().parents[1] / "weights"
 Z_RADIUS = 48
@@ -68,13 +75,52 @@ def export(checkpoint: Path, name: str = "hyperprior-gmm") -> Path:
     return out
 
 
+EVAL_COMMAND = (
+    "vqz eval images ../shared/data/kodak --codecs vqz:{name},jpeg,webp,avif,jxl,jpeg2000 --out {out} "
+    "--anchor docs/results/anchors/compressai-bmshj2018-hyperprior.json -j 2"
+)
+
+
+def record_figures(results_dir: Path, name: str = "hyperprior-gmm", reference: str = "webp") -> dict:
+    """Copy a finished Kodak evaluation of `name` into its manifest entry; returns what was written."""
+    ours = load_results(results_dir / f"vqz-{name}.json")
+    manifest = json.loads(WEIGHTS_DIR.joinpath("manifest.json").read_text())
+    entry = {e["name"]: e for e in manifest["models"]}[name]
+    if ours.get("fingerprint") != f"weights {entry['sha256'][:16]}":
+        raise click.ClickException(f"{results_dir} evaluated other weights ({ours.get('fingerprint')}), not {name}'s")
+    ref = load_results(results_dir / f"{reference}.json")
+    r = ours["results"]
+    psnr, msssim = compare(ref, ours, "psnr-rgb"), compare(ref, ours, "ms-ssim-db")
+    figures = {
+        "command": EVAL_COMMAND.format(name=name, out=results_dir),
+        "quality": r["quality"],
+        "bpp": [round(v, 4) for v in r["bpp"]],
+        "psnr_rgb": [round(v, 3) for v in r["psnr-rgb"]],
+        "ms_ssim": [round(v, 5) for v in r["ms-ssim"]],
+        f"bd_rate_vs_{reference}_pct": round(psnr["bd_rate_pct"], 1),
+        f"bd_psnr_vs_{reference}_db": round(psnr["bd_quality"], 2),
+        f"bd_rate_vs_{reference}_msssim_pct": round(msssim["bd_rate_pct"], 1),
+    }
+    update_manifest(name, {"kodak": figures})
+    return figures
+
+
 @click.command()
-@click.argument("checkpoint", type=click.Path(exists=True, path_type=Path))
+@click.argument("checkpoint", type=click.Path(exists=True, path_type=Path), required=False)
 @click.option("--name", default="hyperprior-gmm", show_default=True)
-def main(checkpoint: Path, name: str) -> None:
-    """Export CHECKPOINT as the shipped weights of NAME."""
-    out = export(checkpoint, name)
-    click.echo(f"wrote {out}")
+@click.option(
+    "--figures",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    help="Instead of exporting: record this Kodak evaluation folder's figures in the manifest.",
+)
+def main(checkpoint: Path | None, name: str, figures: Path | None) -> None:
+    """Export CHECKPOINT as the shipped weights of NAME (or record its --figures)."""
+    if figures:
+        click.echo(json.dumps(record_figures(figures, name)))
+    elif checkpoint:
+        click.echo(f"wrote {export(checkpoint, name)}")
+    else:
+        raise click.UsageError("give a CHECKPOINT to export, or --figures DIR")
 
 
 if __name__ == "__main__":

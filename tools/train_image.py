@@ -86,6 +86,7 @@ def random_batch(images: list[np.ndarray], batch: int, crop: int, rng: np.random
 
 
 def learning_rate(step: int, peak: float, warmup: int, total: int) -> float:
+    """Linear warm-up to `peak`, then cosine decay to 5% of it at `total` (steps count from the schedule's start)."""
     if step < warmup:
         return peak * (step + 1) / warmup
     t = min(1.0, (step - warmup) / max(1, total - warmup))
@@ -169,6 +170,26 @@ class VQArch:
 ARCHITECTURES = {a.name: a for a in (HyperpriorArch(), VQArch())}
 
 
+def regain_levels(state: dict[str, torch.Tensor], old: tuple[float, ...], new: tuple[float, ...]) -> None:
+    """Re-fit a hyperprior state dict's gain vectors from lambdas `old` to lambdas `new`, in place.
+
+    Each new level's log-gains are interpolated linearly in log-lambda
+    between the trained levels around it (extrapolated from the two end
+    levels outside their range), so that a model trained on one set of rate
+    points starts near the right place on another: the transforms are shared
+    by all levels and carry over unchanged.
+    """
+    x_old = np.log(np.asarray(old, np.float64))
+    for name in ("log_gain", "log_inverse_gain"):
+        table = state[name].double().numpy()  # (levels, M)
+        rows = []
+        for lam in np.log(np.asarray(new, np.float64)):
+            i = int(np.clip(np.searchsorted(x_old, lam) - 1, 0, len(old) - 2))
+            t = (lam - x_old[i]) / (x_old[i + 1] - x_old[i])
+            rows.append((1 - t) * table[i] + t * table[i + 1])
+        state[name] = torch.from_numpy(np.stack(rows)).to(state[name].dtype)
+
+
 def _psnr(x_hat: torch.Tensor, x: torch.Tensor) -> float:
     mse = (x_hat.clamp(0, 1) - x).pow(2).flatten(1).mean(1)
     return float((10 * torch.log10(1.0 / mse)).mean())
@@ -213,6 +234,25 @@ def _atomic_save(obj: object, path: Path) -> None:
     atomic_write(path, buf.getvalue(), force=True)
 
 
+CURVE_COLUMNS = ["minutes", "step", "level", "lambda", "bpp", "psnr", "device"]
+
+
+def _upgrade_curve(path: Path, lambdas: tuple[float, ...]) -> None:
+    """Add the lambda column to a learning curve written before levels could change (level -> `lambdas`)."""
+    if not path.exists():
+        return
+    rows = list(csv.DictReader(path.open(newline="")))
+    if rows and "lambda" in rows[0]:
+        return
+    for row in rows:
+        row["lambda"] = lambdas[int(row["level"]) - 1] if lambdas else ""
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=CURVE_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write(path, out.getvalue().encode(), force=True)
+
+
 @dataclasses.dataclass
 class TrainOptions:
     data_root: Path
@@ -231,6 +271,7 @@ class TrainOptions:
     max_minutes: float = 0.0  # 0: no wall-clock limit
     arch: str = "hyperprior-gmm"
     config: HyperpriorConfig | VQImageConfig | None = None  # None: the architecture's default
+    new_schedule: bool = False  # resume the weights but restart warm-up + cosine from the current step
 
 
 def train(opts: TrainOptions, log=print, progress=None) -> Path:
@@ -251,31 +292,46 @@ def train(opts: TrainOptions, log=print, progress=None) -> Path:
     model = arch.build(config).to(device)
     params = arch.parameters(model)
     optimizer = torch.optim.Adam(params, lr=opts.lr)
-    step, minutes_before = 0, 0.0
+    step, minutes_before, schedule_start = 0, 0.0, 0
+    saved_lambdas: tuple[float, ...] = ()
     rng = np.random.default_rng(opts.seed)
     if ckpt_path.exists():
         state = torch.load(ckpt_path, map_location=device, weights_only=False)
-        saved = state["config"] | (
-            {"lambdas": tuple(state["config"]["lambdas"])} if "lambdas" in state["config"] else {}
+        if state.get("arch", "hyperprior-gmm") != arch.name:
+            raise ValueError(f"{ckpt_path} was trained as another model: {state.get('arch')}")
+        saved_lambdas = tuple(state["config"].get("lambdas", ()))
+        saved = arch.config_type(**state["config"] | ({"lambdas": saved_lambdas} if saved_lambdas else {}))
+        # A hyperprior may move to another ladder of rate levels; any other change is another model.
+        relevelled = (
+            isinstance(saved, HyperpriorConfig)
+            and saved != config
+            and dataclasses.replace(saved, lambdas=config.lambdas) == config
         )
-        if state.get("arch", "hyperprior-gmm") != arch.name or arch.config_type(**saved) != config:
-            raise ValueError(f"{ckpt_path} was trained as another model: {state.get('arch')} {state['config']}")
+        if saved != config and not relevelled:
+            raise ValueError(f"{ckpt_path} was trained as another model: {state['config']}")
+        if relevelled:
+            regain_levels(state["model"], saved.lambdas, config.lambdas)
+            log(f"rate levels changed from {len(saved.lambdas)} to {config.levels}: gains re-fitted, optimiser reset")
         model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
+        if not relevelled:
+            optimizer.load_state_dict(state["optimizer"])
         step, minutes_before = state["step"], state["minutes"]
+        schedule_start = step if (opts.new_schedule or relevelled) else state.get("schedule_start", 0)
         rng.bit_generator.state = state["numpy_rng"]
         torch.set_rng_state(state["torch_rng"])
-        log(f"resumed from {ckpt_path} at step {step} ({minutes_before:.1f} min)")
+        log(f"resumed from {ckpt_path} at step {step} ({minutes_before:.1f} min), schedule from step {schedule_start}")
 
     images = load_training_images(opts.data_root, opts.crop)
     holdout = load_holdout(opts.data_root)
     log(f"{len(images)} training images, {sum(p.numel() for p in model.parameters()):,} parameters, device {device}")
     curve_path = opts.out_dir / "curve.csv"
+    _upgrade_curve(curve_path, saved_lambdas)
     new_curve = not curve_path.exists()
     curve = open(curve_path, "a", newline="")
     writer = csv.writer(curve)
     if new_curve:
-        writer.writerow(["minutes", "step", "level", "bpp", "psnr", "device"])
+        writer.writerow(CURVE_COLUMNS)
+    lambdas = getattr(config, "lambdas", ())
 
     def save() -> None:
         _atomic_save(
@@ -285,6 +341,7 @@ def train(opts: TrainOptions, log=print, progress=None) -> Path:
                 "model": model.state_dict(),
                 "optimizer": optimizer.state_dict(),
                 "step": step,
+                "schedule_start": schedule_start,
                 "minutes": minutes_before + (time.time() - start) / 60,
                 "numpy_rng": rng.bit_generator.state,
                 "torch_rng": torch.get_rng_state(),
@@ -301,7 +358,7 @@ def train(opts: TrainOptions, log=print, progress=None) -> Path:
     model.train()
     while step < opts.steps:
         for group in optimizer.param_groups:
-            group["lr"] = learning_rate(step, opts.lr, opts.warmup, opts.steps)
+            group["lr"] = learning_rate(step - schedule_start, opts.lr, opts.warmup, opts.steps - schedule_start)
         x = random_batch(images, opts.batch, opts.crop, rng).to(device)
         note = arch.maintain(model, x, step, generator)
         if note:
@@ -327,8 +384,9 @@ def train(opts: TrainOptions, log=print, progress=None) -> Path:
             rows = arch.evaluate(model, holdout.to(device))
             model.train()
             for level, e_bpp, e_psnr in rows:
+                lam = lambdas[level - 1] if lambdas else ""
                 writer.writerow(
-                    [f"{minutes_before + elapsed:.2f}", step, level, f"{e_bpp:.4f}", f"{e_psnr:.3f}", device.type]
+                    [f"{minutes_before + elapsed:.2f}", step, level, lam, f"{e_bpp:.4f}", f"{e_psnr:.3f}", device.type]
                 )
             curve.flush()
         if time.time() - last_save > 60 * opts.checkpoint_minutes:
