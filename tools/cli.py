@@ -133,10 +133,15 @@ def train() -> None:
 @click.option(
     "--new-schedule", is_flag=True, help="Restart warm-up and cosine decay from the checkpoint's step (up to --steps)."
 )
+@click.option(
+    "--init-from",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="A new run starts its analysis/synthesis transforms from these weights (e.g. weights/hyperprior-gmm.pt).",
+)
 @click.option("--export", is_flag=True, help="Afterwards, export the checkpoint as the shipped weights.")
 @friendly_errors
 def train_image(
-    data_root, out_dir, steps, batch, crop, lr, device, threads, max_minutes, arch, new_schedule, export
+    data_root, out_dir, steps, batch, crop, lr, device, threads, max_minutes, arch, new_schedule, init_from, export
 ) -> None:
     """Train an image model (resumes from --out/checkpoint.pt)."""
     from tools.train_image import TrainOptions, seed_from_committed
@@ -159,6 +164,7 @@ def train_image(
         max_minutes=max_minutes,
         arch=arch,
         new_schedule=new_schedule,
+        init_from=init_from,
     )
     out_dir.mkdir(parents=True, exist_ok=True)
     seed_from_committed(out_dir, arch, log=lambda m: click.echo(m, err=True))

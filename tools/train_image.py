@@ -272,6 +272,24 @@ class TrainOptions:
     arch: str = "hyperprior-gmm"
     config: HyperpriorConfig | VQImageConfig | None = None  # None: the architecture's default
     new_schedule: bool = False  # resume the weights but restart warm-up + cosine from the current step
+    init_from: Path | None = None  # a new run starts its transforms (g_a, g_s) from these weights
+
+
+def load_transforms(model: torch.nn.Module, weights: Path) -> int:
+    """Copy the analysis/synthesis transforms of another model's weights (or checkpoint) into `model`.
+
+    The VQ model shares the hyperprior model's transforms, so it can start
+    from trained ones instead of random ones: on two cores that saves hours.
+    Returns the number of tensors copied; shapes must match.
+    """
+    source = torch.load(weights, map_location="cpu", weights_only=False)["model"]
+    own = model.state_dict()
+    picked = {k: v for k, v in source.items() if k.split(".")[0] in ("g_a", "g_s") and k in own}
+    wrong = [k for k, v in picked.items() if v.shape != own[k].shape]
+    if not picked or wrong:
+        raise ValueError(f"{weights}: no transforms of this shape ({', '.join(wrong) or 'none found'})")
+    model.load_state_dict(picked, strict=False)
+    return len(picked)
 
 
 def train(opts: TrainOptions, log=print, progress=None) -> Path:
@@ -320,6 +338,8 @@ def train(opts: TrainOptions, log=print, progress=None) -> Path:
         rng.bit_generator.state = state["numpy_rng"]
         torch.set_rng_state(state["torch_rng"])
         log(f"resumed from {ckpt_path} at step {step} ({minutes_before:.1f} min), schedule from step {schedule_start}")
+    elif opts.init_from:
+        log(f"transforms from {opts.init_from}: {load_transforms(model, opts.init_from)} tensors")
 
     images = load_training_images(opts.data_root, opts.crop)
     holdout = load_holdout(opts.data_root)
