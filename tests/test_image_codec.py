@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-import codec.image_codec as image_codec
+import codec.tiled as tiled
 from bitstream import parse, serialize
 from codec.errors import InvalidRequestError, UnsupportedMediaError
 from codec.media import Picture
@@ -65,13 +65,13 @@ def test_batch_equals_one_by_one(gmm, sample_pixels):
 
 
 def test_tiles_each_get_a_chunk_and_join_seamlessly(gmm, sample_pixels, monkeypatch):
-    monkeypatch.setattr(image_codec, "DEFAULT_TILE", 128)
+    monkeypatch.setattr(tiled, "DEFAULT_TILE", 128)
     picture = Picture.from_array(sample_pixels[:200, :250])
     container = gmm.encode([picture], quality=5)[0]
     assert len(container.data_chunks()) == 4
     decoded = gmm.decode([parse(serialize(container))])[0]
     assert decoded.pixels.shape == picture.pixels.shape
-    monkeypatch.setattr(image_codec, "DEFAULT_TILE", 1024)
+    monkeypatch.setattr(tiled, "DEFAULT_TILE", 1024)
     whole = gmm.decode([gmm.encode([picture], quality=5)[0]])[0]
     assert abs(_psnr(decoded.pixels, picture.pixels) - _psnr(whole.pixels, picture.pixels)) < 1.5
 

@@ -104,13 +104,13 @@ def mosaic(kodak: Path, size: int) -> np.ndarray:
 
 
 def seams(kodak: Path, quality: float) -> dict:
-    import codec.image_codec as image_codec
+    from codec import tiled
 
     picture = Picture.from_array(mosaic(kodak, 2000))
     codec = get_codec("hyperprior-gmm")
     out = {}
     for label, tile in (("whole", 2048), ("tiled_1024", 1024)):
-        image_codec.DEFAULT_TILE = tile
+        tiled.DEFAULT_TILE = tile
         data = serialize(codec.encode([picture], quality=quality)[0])
         decoded = codec.decode([parse(data)])[0]
         out[label] = {
@@ -118,7 +118,7 @@ def seams(kodak: Path, quality: float) -> dict:
             "psnr": psnr(picture.pixels, decoded.pixels),
             "chunks": len(parse(data).data_chunks()),
         }
-    image_codec.DEFAULT_TILE = 1024
+    tiled.DEFAULT_TILE = 1024
     out["psnr_cost_db"] = out["whole"]["psnr"] - out["tiled_1024"]["psnr"]
     return out
 

@@ -1,0 +1,185 @@
+"""The frame shared by vqz's learned image codecs: tiles, batches, parameters, pixels in and out.
+
+A learned codec only says how a batch of equally-sized tiles becomes
+payloads (`_encode_batch`) and back (`_decode_batch`); this base class does
+the rest the same way for all of them:
+
+- pictures -> RGB (grey is replicated; opaque alpha dropped; transparency
+  refused: these codecs have no alpha channel);
+- raster-order tiles of at most DEFAULT_TILE pixels, each edge-padded to a
+  multiple of ALIGN and coded as its own DATA chunk, so memory is bounded
+  and a damaged chunk is found and named;
+- tiles of one padded shape go through the networks BATCH_TILES at a time;
+- codec parameters in the container (7 bytes, little-endian): layout
+  version (u8, 1), quality (f32), tile size / 64 (u16);
+- decoded tiles are written into the canvas; grey files are averaged back
+  to one channel.
+"""
+
+from __future__ import annotations
+
+import abc
+import math
+import struct
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from bitstream import Chunk, ChunkKind, Container
+from codec.errors import InvalidRequestError, UnsupportedMediaError
+from codec.media import Picture
+from codec.registry import ImageCodec
+from entropy import CorruptStreamError
+
+PARAMS = struct.Struct("<BfH")
+PARAMS_LAYOUT = 1
+DEFAULT_TILE = 1024
+ALIGN = 64  # the coarsest latents are at 1/64 resolution
+BATCH_TILES = 4  # tiles per network call: bounds peak memory
+
+
+@dataclass(frozen=True)
+class Tile:
+    top: int
+    left: int
+    height: int
+    width: int
+
+    @property
+    def padded(self) -> tuple[int, int]:
+        return (-(-self.height // ALIGN) * ALIGN, -(-self.width // ALIGN) * ALIGN)
+
+
+def tile_grid(height: int, width: int, tile: int) -> list[Tile]:
+    """Raster-order tiles of at most tile x tile pixels covering the image."""
+    return [
+        Tile(top, left, min(tile, height - top), min(tile, width - left))
+        for top in range(0, height, tile)
+        for left in range(0, width, tile)
+    ]
+
+
+def batches(items: list, key) -> Iterator[list]:
+    """Groups of at most BATCH_TILES items sharing key(item), in first-seen order."""
+    groups: dict = {}
+    for it in items:
+        groups.setdefault(key(it), []).append(it)
+    for group in groups.values():
+        for i in range(0, len(group), BATCH_TILES):
+            yield group[i : i + BATCH_TILES]
+
+
+def torch_device(name: str) -> torch.device:
+    if name not in ("cpu", "cuda") and not name.startswith("cuda:"):
+        raise InvalidRequestError(f"unknown device {name!r} (cpu or cuda)")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise InvalidRequestError("--device cuda was asked for, but no CUDA device is available")
+    return torch.device(name)
+
+
+def tile_tensor(rgb: np.ndarray, t: Tile, ph: int, pw: int) -> torch.Tensor:
+    """One tile as a (3, ph, pw) float tensor in [0, 1], edge-padded."""
+    a = rgb[t.top : t.top + t.height, t.left : t.left + t.width]
+    a = np.pad(a, ((0, ph - t.height), (0, pw - t.width), (0, 0)), mode="edge")
+    return torch.from_numpy(np.ascontiguousarray(a)).permute(2, 0, 1).float().div_(255.0)
+
+
+class TiledImageCodec(ImageCodec):
+    """A learned image codec coded tile by tile; subclasses code batches of tiles."""
+
+    default_quality: float = 1.0
+
+    def __init__(self, digest: bytes):
+        self._digest = digest
+
+    @property
+    def weights_digest(self) -> bytes:
+        return self._digest
+
+    # -- what a codec provides ------------------------------------------------
+    @abc.abstractmethod
+    def _encode_batch(self, x: torch.Tensor, quality: float, device: torch.device) -> list[bytes]:
+        """Payloads of a batch of tiles (B, 3, ph, pw) in [0, 1], already on `device`."""
+
+    @abc.abstractmethod
+    def _decode_batch(
+        self, payloads: Sequence[bytes], qualities: Sequence[float], shape: tuple[int, int], device: torch.device
+    ) -> torch.Tensor:
+        """Tiles (B, 3, ph, pw), about [0, 1], from their payloads."""
+
+    def _quality(self, quality: float | None) -> float:
+        """The quality the header stores (float32-exact, so both sides agree), checked."""
+        q = self.default_quality if quality is None else float(quality)
+        if not 1.0 <= q <= self.levels:
+            raise InvalidRequestError(f"quality must be between 1 and {self.levels}, not {quality}")
+        return float(np.float32(q))
+
+    # -- encode ---------------------------------------------------------------
+    def _prepare(self, picture: Picture) -> np.ndarray:
+        p = picture.without_opaque_alpha().pixels
+        if p.shape[2] == 4:
+            raise UnsupportedMediaError(
+                f"{self.codec_id} does not code transparency; use --model lossless-delta for RGBA images"
+            )
+        return np.repeat(p, 3, axis=2) if p.shape[2] == 1 else p
+
+    def encode(self, pictures: Sequence[Picture], quality: float | None = None, device: str = "cpu") -> list[Container]:
+        q = self._quality(quality)
+        dev = torch_device(device)
+        rgb = [self._prepare(p) for p in pictures]
+        jobs = [(i, t) for i, a in enumerate(rgb) for t in tile_grid(a.shape[0], a.shape[1], DEFAULT_TILE)]
+        payloads: dict[tuple[int, Tile], bytes] = {}
+        for batch in batches(jobs, key=lambda job: job[1].padded):
+            ph, pw = batch[0][1].padded
+            x = torch.stack([tile_tensor(rgb[i], t, ph, pw) for i, t in batch]).to(dev)
+            payloads.update(zip(batch, self._encode_batch(x, q, dev)))
+        params = PARAMS.pack(PARAMS_LAYOUT, q, DEFAULT_TILE // ALIGN)
+        out = []
+        for i, picture in enumerate(pictures):
+            chunks = [Chunk(ChunkKind.DATA, payloads[(i, t)]) for t in tile_grid(*rgb[i].shape[:2], DEFAULT_TILE)]
+            metadata = {"icc": picture.icc} if picture.icc else {}
+            info = picture.without_opaque_alpha().info  # records 1 or 3 channels: what decodes
+            out.append(Container(self.codec_id, self._digest, info, params, chunks, metadata))
+        return out
+
+    # -- decode ---------------------------------------------------------------
+    def _parse_params(self, container: Container) -> tuple[float, int]:
+        if len(container.params) != PARAMS.size:
+            raise CorruptStreamError(f"{self.codec_id} parameters must be {PARAMS.size} bytes")
+        layout, q, tile_units = PARAMS.unpack(container.params)
+        if layout != PARAMS_LAYOUT:
+            raise CorruptStreamError(f"unknown {self.codec_id} parameter layout {layout}")
+        if not (math.isfinite(q) and 1.0 <= q <= self.levels):
+            raise CorruptStreamError(f"quality {q} is out of range 1..{self.levels}")
+        if not 1 <= tile_units <= 64:
+            raise CorruptStreamError(f"tile size {tile_units * ALIGN} is out of range")
+        if container.media.bit_depth != 8:
+            raise CorruptStreamError(f"{self.codec_id} files hold 8-bit images")
+        if container.media.channels not in (1, 3):
+            raise CorruptStreamError(f"{self.codec_id} files hold 1 or 3 channels, not {container.media.channels}")
+        return q, tile_units * ALIGN
+
+    def decode(self, containers: Sequence[Container], device: str = "cpu") -> list[Picture]:
+        dev = torch_device(device)
+        jobs = []  # (container index, tile, quality, payload)
+        for i, c in enumerate(containers):
+            q, tile = self._parse_params(c)
+            tiles = tile_grid(c.media.height, c.media.width, tile)
+            data = c.data_chunks()
+            if len(data) != len(tiles):
+                raise CorruptStreamError(f"{len(data)} data chunks for {len(tiles)} tiles")
+            jobs += [(i, t, q, d) for t, d in zip(tiles, data)]
+        canvases = [np.empty((c.media.height, c.media.width, 3), np.uint8) for c in containers]
+        for batch in batches(jobs, key=lambda job: job[1].padded):
+            x = self._decode_batch([j[3] for j in batch], [j[2] for j in batch], batch[0][1].padded, dev)
+            pixels = x.clamp_(0, 1).mul_(255).round_().to("cpu", torch.uint8).permute(0, 2, 3, 1).numpy()
+            for b, (i, t, _, _) in enumerate(batch):
+                canvases[i][t.top : t.top + t.height, t.left : t.left + t.width] = pixels[b, : t.height, : t.width]
+        out = []
+        for c, canvas in zip(containers, canvases):
+            if c.media.channels == 1:
+                canvas = np.round(canvas.astype(np.float32).mean(axis=2, keepdims=True)).astype(np.uint8)
+            out.append(Picture(canvas, c.metadata.get("icc")))
+        return out
