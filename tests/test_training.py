@@ -119,3 +119,20 @@ def test_new_rate_levels_keep_the_trained_gains_and_restart_the_schedule(tmp_pat
     assert learning_rate(0, 1.0, 2, 10) == 0.5 and learning_rate(10, 1.0, 2, 10) == pytest.approx(0.05)
     with pytest.raises(ValueError, match="another model"):  # other widths are another model, not a new ladder
         train(dataclasses.replace(opts, config=dataclasses.replace(small, channels=16), steps=4), log=lambda m: None)
+
+
+def test_a_vq_run_can_start_from_the_hyperprior_transforms(tmp_path):
+    from codec.models.hyperprior import HyperpriorGMM
+    from codec.models.vq_image import VQImageConfig, VQImageModel
+    from tools.train_image import load_transforms
+
+    source = HyperpriorGMM(HyperpriorConfig(channels=8, latent_channels=8, hyper_channels=8, lambdas=(0.01,)))
+    torch.save({"model": source.state_dict()}, tmp_path / "gmm.pt")
+    vq = VQImageModel(VQImageConfig(channels=8, latent_channels=8, levels=2, codebooks=2, entries=8))
+    assert load_transforms(vq, tmp_path / "gmm.pt") == sum(
+        1 for k in source.state_dict() if k.startswith(("g_a.", "g_s."))
+    )
+    assert torch.equal(vq.g_s[0].weight, source.g_s[0].weight)
+    wider = VQImageModel(VQImageConfig(channels=16, latent_channels=8, levels=2, codebooks=2, entries=8))
+    with pytest.raises(ValueError, match="shape"):
+        load_transforms(wider, tmp_path / "gmm.pt")

@@ -234,6 +234,20 @@ def bench_tiles(ctx, kodak, quality, size) -> None:
     ctx.invoke(bench_image.tiles_command, kodak=kodak or bench_image.KODAK, quality=quality, size=size, as_json=True)
 
 
+@bench.command(name="vq")
+@click.option(
+    "--kodak", type=click.Path(path_type=Path), default=None, help="Kodak folder (default ../shared/data/kodak)."
+)
+@click.option("--repeats", default=5, show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def bench_vq(ctx, kodak, repeats, as_json) -> None:
+    """vq-mcq: codebook utilisation, entropy-coding saving, decode time vs hyperprior-gmm."""
+    from tools import bench_image, bench_vq
+
+    ctx.invoke(bench_vq.main, kodak=kodak or bench_image.KODAK, repeats=repeats, as_json=as_json)
+
+
 def main() -> None:
     # compressai's import triggers a torch deprecation warning a CLI user can do nothing about
     warnings.filterwarnings("ignore", message=r"`torch.jit.script` is deprecated", category=FutureWarning)

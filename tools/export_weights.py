@@ -16,17 +16,21 @@ hand-typed number.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import json
 from pathlib import Path
 
 import click
+import numpy as np
 import torch
 
 from codec.fileio import atomic_write
 from codec.image_codec import z_frequencies
 from codec.models.hyperprior import HyperpriorConfig, HyperpriorGMM
+from codec.models.vq_image import VQImageConfig, VQImageModel
+from codec.vq_codec import codebook_key
 from tools.bdrate import compare, load_results
 
 WEIGHTS_DIR = Path(__file__).resolve().parents[1] / "weights"
@@ -105,20 +109,123 @@ def record_figures(results_dir: Path, name: str = "hyperprior-gmm", reference: s
     return figures
 
 
+# vq-mcq's rate ladder: (levels kept, entries of the finest kept level), lowest rate first.
+VQ_LADDER = ((1, 256), (2, 16), (2, 64), (2, 256), (3, 16), (3, 64), (3, 256))
+VQ_TABLE_TOTAL = 1 << 16
+
+
+def _vq_statistics(model: VQImageModel, crops: torch.Tensor, sizes: dict[int, dict[int, tuple]]) -> dict[str, np.ndarray]:
+    """Index counts (M, entries) per level and codebook size, over the crops.
+
+    Coarser levels always use their full codebooks (as every ladder point
+    does), so a level's residual target is the same for all its sizes.
+    """
+    counts: dict[str, np.ndarray] = {}
+
+    def count(level, target):
+        q = model.quantisers[level]
+        for entries, (keys, _) in sizes[level].items():
+            idx = q.nearest(target, keys).permute(1, 0, 2, 3).reshape(q.codebooks, -1)
+            c = np.stack([np.bincount(row.numpy(), minlength=entries) for row in idx])
+            key = codebook_key(level, entries)
+            counts[key] = counts.get(key, 0) + c
+        return q.lookup(q.nearest(target)), None
+
+    with torch.no_grad():
+        for i in range(0, crops.shape[0], 8):
+            model.coarse_to_fine(model.features(crops[i : i + 8]), count, model.config.levels)
+    return counts
+
+
+def export_vq(
+    checkpoint: Path,
+    data_root: Path,
+    name: str = "vq-mcq",
+    crops: int = 256,
+    seed: int = 0,
+    ladder: tuple[tuple[int, int], ...] = VQ_LADDER,
+) -> Path:
+    """Shipped weights of the VQ codec: model, ladder, derived codebooks and index tables.
+
+    Statistics come from `crops` random 256x256 crops of the training
+    photos (never Kodak): usage counts weight the k-means that derives the
+    smaller codebooks, then every (level, size) gets its index frequencies.
+    """
+    from tools.train_image import load_training_images, random_batch
+
+    state = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    config = VQImageConfig(**state["config"])
+    model = VQImageModel(config).eval()
+    model.load_state_dict(state["model"])
+    images = load_training_images(data_root, 256)
+    x = random_batch(images, crops, 256, np.random.default_rng(seed))
+    full = {lv: {config.entries: (q.keys(), q.values)} for lv, q in enumerate(model.quantisers)}
+    usage = _vq_statistics(model, x, full)
+    derived, sizes = {}, {lv: dict(books) for lv, books in full.items()}
+    for level, q in enumerate(model.quantisers):
+        for entries in sorted({e for _, e in ladder if e != config.entries}):
+            counts = torch.from_numpy(usage[codebook_key(level, config.entries)]).double()
+            keys, values = q.derive(entries, counts)
+            derived[codebook_key(level, entries)] = {"keys": keys.float(), "values": values.float()}
+            sizes[level][entries] = (keys.float(), values.float())
+    counts = _vq_statistics(model, x, sizes)
+    frequencies = {}
+    for key, c in counts.items():
+        f = np.floor(c / c.sum(1, keepdims=True) * VQ_TABLE_TOTAL).astype(np.int64)
+        frequencies[key] = torch.from_numpy(np.maximum(f, 1))  # unseen entries stay codable
+    shipped = {
+        "config": dataclasses.asdict(config),
+        "model": {k: v.float().contiguous() for k, v in model.state_dict().items()},
+        "ladder": torch.tensor(ladder, dtype=torch.int64),
+        "derived": derived,
+        "frequencies": frequencies,
+    }
+    buf = io.BytesIO()
+    torch.save(shipped, buf)
+    data = buf.getvalue()
+    out = WEIGHTS_DIR / f"{name}.pt"
+    atomic_write(out, data, force=True)
+    update_manifest(
+        name,
+        {
+            "file": out.name,
+            "sha256": hashlib.sha256(data).hexdigest(),
+            "bytes": len(data),
+            "parameters": sum(p.numel() for p in model.parameters()),
+            "architecture": dataclasses.asdict(config) | {"ladder": [list(p) for p in ladder]},
+            "training_data": TRAINING_DATA,
+            "table_statistics": f"{crops} random 256x256 crops of the training photos (seed {seed})",
+            "steps": int(state["step"]),
+            "training_minutes": round(float(state["minutes"]), 1),
+        },
+    )
+    return out
+
+
 @click.command()
 @click.argument("checkpoint", type=click.Path(exists=True, path_type=Path), required=False)
-@click.option("--name", default="hyperprior-gmm", show_default=True)
+@click.option("--name", default=None, help="Model name [default: hyperprior-gmm, or vq-mcq for a VQ checkpoint].")
 @click.option(
     "--figures",
     type=click.Path(exists=True, file_okay=False, path_type=Path),
     help="Instead of exporting: record this Kodak evaluation folder's figures in the manifest.",
 )
-def main(checkpoint: Path | None, name: str, figures: Path | None) -> None:
+@click.option(
+    "--data",
+    "data_root",
+    type=click.Path(path_type=Path),
+    default=Path("../shared/data/train_images"),
+    show_default=True,
+    help="Training photos (VQ checkpoints: the index tables are counted on them).",
+)
+def main(checkpoint: Path | None, name: str, figures: Path | None, data_root: Path) -> None:
     """Export CHECKPOINT as the shipped weights of NAME (or record its --figures)."""
     if figures:
-        click.echo(json.dumps(record_figures(figures, name)))
+        click.echo(json.dumps(record_figures(figures, name or "hyperprior-gmm")))
+    elif checkpoint and torch.load(checkpoint, map_location="cpu", weights_only=False).get("arch") == "vq":
+        click.echo(f"wrote {export_vq(checkpoint, data_root, name or 'vq-mcq')}")
     elif checkpoint:
-        click.echo(f"wrote {export(checkpoint, name)}")
+        click.echo(f"wrote {export(checkpoint, name or 'hyperprior-gmm')}")
     else:
         raise click.UsageError("give a CHECKPOINT to export, or --figures DIR")
 

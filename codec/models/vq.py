@@ -52,6 +52,19 @@ def kmeans(x: torch.Tensor, k: int, iterations: int = 10, generator: torch.Gener
     return centroids
 
 
+def weighted_kmeans(x: torch.Tensor, weights: torch.Tensor, k: int, iterations: int = 25) -> torch.Tensor:
+    """k centroids of the rows of x, each row counting `weights` times (deterministic: seeded by the k heaviest rows)."""
+    if k >= x.shape[0]:
+        return x.clone()
+    centroids = x[torch.argsort(weights, descending=True)[:k]].clone()
+    for _ in range(iterations):
+        assign = torch.cdist(x, centroids).argmin(1)
+        sums = torch.zeros_like(centroids).index_add_(0, assign, x * weights[:, None])
+        mass = torch.zeros(k, dtype=x.dtype).index_add_(0, assign, weights)[:, None]
+        centroids = torch.where(mass > 0, sums / mass.clamp_min(1e-12), centroids)
+    return centroids
+
+
 class MultiCodebookQuantiser(nn.Module):
     """M codebooks of K key-value entries over a (B, C, H, W) feature map, C = M x group."""
 
@@ -85,19 +98,45 @@ class MultiCodebookQuantiser(nn.Module):
         b, c, h, w = shape
         return g.reshape(self.codebooks, b, h, w, self.group).permute(1, 0, 4, 2, 3).reshape(b, c, h, w)
 
-    def nearest(self, x: torch.Tensor) -> torch.Tensor:
-        """Indices (B, M, H, W) of the nearest key of each group."""
+    def nearest(self, x: torch.Tensor, keys: torch.Tensor | None = None) -> torch.Tensor:
+        """Indices (B, M, H, W) of the nearest key of each group (of `keys` (M, K', group) if given)."""
         g = self._groups(x)
-        idx = torch.cdist(g, self.keys()).argmin(-1)  # (M, N)
+        idx = torch.cdist(g, self.keys() if keys is None else keys).argmin(-1)  # (M, N)
         b, _, h, w = x.shape
         return idx.reshape(self.codebooks, b, h, w).permute(1, 0, 2, 3)
 
-    def lookup(self, indices: torch.Tensor) -> torch.Tensor:
-        """Values for indices (B, M, H, W) -> (B, C, H, W): the decoder's side."""
+    def lookup(self, indices: torch.Tensor, values: torch.Tensor | None = None) -> torch.Tensor:
+        """Values for indices (B, M, H, W) -> (B, C, H, W): the decoder's side (of `values` if given)."""
+        values = self.values if values is None else values
         b, m, h, w = indices.shape
         flat = indices.permute(1, 0, 2, 3).reshape(m, -1)
-        v = torch.stack([self.values[i][flat[i]] for i in range(m)])
+        v = torch.stack([values[i][flat[i]] for i in range(m)])
         return self._ungroup(v, torch.Size((b, m * self.group, h, w)))
+
+    @torch.no_grad()
+    def derive(self, entries: int, counts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Smaller codebooks (keys, values), each (M, entries, group), by k-means of the trained ones.
+
+        A cheaper rate point without retraining ("Extreme Image Compression
+        using Fine-tuned VQGANs"): the K keys of each codebook are clustered
+        into `entries` groups, weighted by how often each was used
+        (`counts`, (M, K)); a group's key and value are the usage-weighted
+        means of its members' keys and values.
+        """
+        if not 1 <= entries < self.entries:
+            raise ValueError(f"a derived codebook needs 1..{self.entries - 1} entries, not {entries}")
+        keys, values = self.keys(), self.values
+        out_k, out_v = [], []
+        for i in range(self.codebooks):
+            w = counts[i].to(keys.dtype).clamp_min(1e-3)
+            centroids = weighted_kmeans(keys[i], w, entries)
+            assign = torch.cdist(keys[i], centroids).argmin(1)
+            mass = torch.zeros(entries, dtype=w.dtype).index_add_(0, assign, w).clamp_min(1e-12)[:, None]
+            k = torch.zeros_like(centroids).index_add_(0, assign, keys[i] * w[:, None]) / mass
+            v = torch.zeros_like(centroids).index_add_(0, assign, values[i] * w[:, None]) / mass
+            out_k.append(k)
+            out_v.append(v)
+        return torch.stack(out_k), torch.stack(out_v)
 
     @torch.no_grad()
     def initialise(self, x: torch.Tensor, generator: torch.Generator | None = None) -> None:

@@ -61,7 +61,7 @@ class VQImageModel(nn.Module):
             feats.append(down(feats[-1]))
         return feats
 
-    def _coarse_to_fine(self, feats: list[torch.Tensor] | None, values_of, keep: int):
+    def coarse_to_fine(self, feats: list[torch.Tensor] | None, values_of, keep: int):
         """Rebuild the finest latent from per-level values; levels beyond `keep` contribute nothing.
 
         `values_of(level, target)` returns (values, extra) for a level given
@@ -95,7 +95,7 @@ class VQImageModel(nn.Module):
             q = self.quantisers[level](target)
             return q.values, (q.indices, q.commitment)
 
-        y_hat, extras = self._coarse_to_fine(feats, quantise, keep)
+        y_hat, extras = self.coarse_to_fine(feats, quantise, keep)
         indices = [e[0] for e in extras]
         commitment = torch.stack([e[1] for e in extras]).sum()
         return VQOutput(self.g_s(y_hat), indices, commitment)
@@ -110,7 +110,7 @@ class VQImageModel(nn.Module):
             idx = self.quantisers[level].nearest(target)
             return self.quantisers[level].lookup(idx), idx
 
-        _, indices = self._coarse_to_fine(feats, nearest, keep)
+        _, indices = self.coarse_to_fine(feats, nearest, keep)
         return indices
 
     @torch.no_grad()
@@ -118,7 +118,7 @@ class VQImageModel(nn.Module):
         """Image from the indices of the first len(indices) levels (coarsest first)."""
         levels = self.config.levels
         by_level = {levels - 1 - i: idx for i, idx in enumerate(indices)}
-        y_hat, _ = self._coarse_to_fine(None, lambda level, _: (self.quantisers[level].lookup(by_level[level]), None),
+        y_hat, _ = self.coarse_to_fine(None, lambda level, _: (self.quantisers[level].lookup(by_level[level]), None),
                                         len(indices))  # fmt: skip
         return self.g_s(y_hat)
 
@@ -131,7 +131,7 @@ class VQImageModel(nn.Module):
             q.initialise(target, generator)
             return q.lookup(q.nearest(target)), None
 
-        self._coarse_to_fine(self.features(x), init, self.config.levels)
+        self.coarse_to_fine(self.features(x), init, self.config.levels)
 
     @torch.no_grad()
     def restart_dead_entries(self, x: torch.Tensor, generator: torch.Generator | None = None) -> int:
@@ -143,7 +143,7 @@ class VQImageModel(nn.Module):
             restarted.append(q.restart_dead_entries(target, generator=generator))
             return q.lookup(q.nearest(target)), None
 
-        self._coarse_to_fine(self.features(x), restart, self.config.levels)
+        self.coarse_to_fine(self.features(x), restart, self.config.levels)
         return sum(restarted)
 
     def bits(self, height: int, width: int, keep: int | None = None) -> float:

@@ -1,0 +1,178 @@
+"""`vq-mcq`: the multi-codebook vector-quantised image codec (real coding around VQImageModel).
+
+The latent is quantised coarse to fine in three levels (1/64, 1/32, 1/16
+of the image), each level by M codebooks of key-value entries; what a file
+stores is the indices. Rate points come from one set of weights:
+
+- how many levels are kept (coarsest first; the others contribute nothing),
+- and, for the finest kept level, a smaller codebook derived from the
+  trained one by usage-weighted k-means (`MultiCodebookQuantiser.derive`).
+
+The ladder of (levels kept, entries of the finest kept level) is stored in
+the weights; `--quality p` picks point p (fractional qualities round down,
+so `--target-bpp` still finds the best point under a size).
+
+Indices are range-coded under static categorical tables, one per level,
+codebook and codebook size, whose integer frequencies were counted on
+training photos at export time and are stored in the weights: the decoder
+needs no floating point to rebuild them, so every machine reads the same
+indices. Pixels come from the synthesis transform (GDN as matrix products,
+as in hyperprior-gmm, so they do not depend on the thread count).
+
+A DATA chunk is one range-coded stream: for each kept level, coarsest
+first, for each codebook in order, that codebook's indices in raster order.
+"""
+
+from __future__ import annotations
+
+import copy
+import io
+import math
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+from codec import weights as shipped
+from codec.models.hyperprior import frozen
+from codec.models.vq_image import VQImageConfig, VQImageModel
+from codec.tiled import TiledImageCodec
+from entropy import CategoricalTable, CorruptStreamError, Decoder, Encoder
+
+CODEC_ID = "vq-mcq"
+
+
+def codebook_key(level: int, entries: int) -> str:
+    """How the weights name the codebooks (and tables) of `level` with `entries` entries."""
+    return f"{level}/{entries}"
+
+
+class VQCodec(TiledImageCodec):
+    codec_id = CODEC_ID
+    description = "learned lossy codec, multi-codebook vector quantisation (3 levels), low rates"
+
+    def __init__(self, state: dict, digest: bytes):
+        super().__init__(digest)
+        self.config = VQImageConfig(**state["config"])
+        self.model = VQImageModel(self.config).eval()
+        self.model.load_state_dict(state["model"])
+        self.model.requires_grad_(False)
+        self.ladder = [(int(keep), int(entries)) for keep, entries in np.asarray(state["ladder"])]
+        self.levels = len(self.ladder)
+        self.default_quality = float(self.levels)
+        self.codebooks: dict[str, tuple[torch.Tensor, torch.Tensor]] = {
+            codebook_key(level, self.config.entries): (q.keys(), q.values.detach())
+            for level, q in enumerate(self.model.quantisers)
+        }
+        for key, kv in state["derived"].items():
+            self.codebooks[key] = (kv["keys"].float(), kv["values"].float())
+        self.tables = {
+            key: [CategoricalTable(np.asarray(f, dtype=np.int64)) for f in freqs]
+            for key, freqs in state["frequencies"].items()
+        }
+        for keep, entries in self.ladder:  # a ladder point without its codebook or tables is a broken file
+            for level, size in self._sizes(keep, entries).items():
+                if codebook_key(level, size) not in self.codebooks or codebook_key(level, size) not in self.tables:
+                    raise ValueError(f"weights lack codebook {codebook_key(level, size)}")
+        self._analysis = frozen(self.model.g_a)
+        self._synthesis = frozen(self.model.g_s)
+        self._devices: dict[str, tuple] = {}
+
+    def _sizes(self, keep: int, entries: int) -> dict[int, int]:
+        """Codebook size per kept level (coarsest first) of the ladder point (keep, entries)."""
+        top = self.config.levels - 1
+        kept = [top - i for i in range(keep)]
+        return {level: (entries if level == kept[-1] else self.config.entries) for level in kept}
+
+    def _quality(self, quality: float | None) -> float:
+        q = super()._quality(quality)
+        return float(math.floor(q))
+
+    def _on(self, device: torch.device):
+        """(model, analysis, synthesis, codebooks) on `device`, built once."""
+        key = str(device)
+        if key not in self._devices:
+            books = {k: (kk.to(device), v.to(device)) for k, (kk, v) in self.codebooks.items()}
+            self._devices[key] = (
+                copy.deepcopy(self.model).to(device),
+                copy.deepcopy(self._analysis).to(device),
+                copy.deepcopy(self._synthesis).to(device),
+                books,
+            )
+        return self._devices[key]
+
+    # -- encode ---------------------------------------------------------------
+    def _encode_batch(self, x: torch.Tensor, quality: float, device: torch.device) -> list[bytes]:
+        model, analysis, _, books = self._on(device)
+        sizes = self._sizes(*self.ladder[int(quality) - 1])
+        feats = [analysis(x)]
+        for down in model.down:
+            feats.append(down(feats[-1]))
+
+        def nearest(level, target):
+            keys, values = books[codebook_key(level, sizes[level])]
+            q = model.quantisers[level]
+            idx = q.nearest(target, keys)
+            return q.lookup(idx, values), (level, idx.cpu().numpy())
+
+        with torch.no_grad():
+            _, coded = model.coarse_to_fine(feats, nearest, len(sizes))
+        payloads = []
+        for b in range(x.shape[0]):
+            enc = Encoder()
+            for level, idx in coded:
+                for m, table in enumerate(self.tables[codebook_key(level, sizes[level])]):
+                    enc.categorical(idx[b, m].reshape(-1), table)
+            payloads.append(enc.finish())
+        return payloads
+
+    # -- decode ---------------------------------------------------------------
+    def _decode_batch(
+        self, payloads: Sequence[bytes], qualities: Sequence[float], shape: tuple[int, int], device: torch.device
+    ) -> torch.Tensor:
+        model, _, synthesis, books = self._on(device)
+        out: list[torch.Tensor | None] = [None] * len(payloads)
+        by_quality: dict[int, list[int]] = {}
+        for b, q in enumerate(qualities):  # tiles of one batch may come from files of other qualities
+            by_quality.setdefault(int(q), []).append(b)
+        for q, members in by_quality.items():
+            sizes = self._sizes(*self.ladder[q - 1])
+            parsed = [self._read_indices(payloads[b], sizes, shape) for b in members]
+            indices = {level: torch.from_numpy(np.stack([p[level] for p in parsed])).to(device) for level in sizes}
+
+            def lookup(level, _):
+                _, values = books[codebook_key(level, sizes[level])]
+                return model.quantisers[level].lookup(indices[level], values), None
+
+            with torch.no_grad():
+                y_hat, _ = model.coarse_to_fine(None, lookup, len(sizes))
+                x = synthesis(y_hat)
+            for i, b in enumerate(members):
+                out[b] = x[i]
+        return torch.stack(out)
+
+    def _read_indices(self, payload: bytes, sizes: dict[int, int], shape: tuple[int, int]) -> dict[int, np.ndarray]:
+        """Indices (M, h, w) per kept level from one tile's stream, checked against the codebook sizes."""
+        ph, pw = shape
+        dec = Decoder(payload)
+        indices = {}
+        for level, size in sizes.items():
+            h, w = ph >> (4 + level), pw >> (4 + level)
+            rows = []
+            for table in self.tables[codebook_key(level, size)]:
+                idx = dec.categorical(table, h * w)
+                if idx.size and (idx.min() < 0 or idx.max() >= size):
+                    raise CorruptStreamError(f"level {level} holds an index outside its {size}-entry codebook")
+                rows.append(idx.reshape(h, w))
+            indices[level] = np.stack(rows).astype(np.int64)
+        return indices
+
+
+def load_state(data: bytes) -> dict:
+    return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+
+
+def default_codec() -> VQCodec:
+    """The codec with the shipped weights (verified against the manifest)."""
+    w = shipped.load(CODEC_ID)
+    return VQCodec(load_state(w.data), w.digest)

@@ -1,0 +1,137 @@
+"""vq-mcq: the export path (derived codebooks, index tables) and real coding, on a tiny model.
+
+The shipped weights are exercised too when they are installed (registry test).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+from bitstream import parse, serialize
+from codec.media import Picture
+from codec.models.vq import MultiCodebookQuantiser
+from codec.models.vq_image import VQImageConfig, VQImageModel
+from codec.vq_codec import VQCodec, codebook_key, load_state
+from entropy import CorruptStreamError
+from tests.test_training import _fake_data
+
+TINY = VQImageConfig(channels=8, latent_channels=8, levels=3, codebooks=2, entries=16)
+LADDER = ((1, 16), (2, 4), (2, 16), (3, 4), (3, 16))
+
+
+@pytest.fixture(scope="module")
+def tiny_codec(tmp_path_factory):
+    import tools.export_weights as export_weights
+
+    root = tmp_path_factory.mktemp("vq")
+    _fake_data(root / "data")
+    torch.manual_seed(0)
+    model = VQImageModel(TINY)
+    model.initialise_codebooks(torch.rand(4, 3, 256, 256), torch.Generator().manual_seed(0))
+    checkpoint = root / "checkpoint.pt"
+    torch.save({"arch": "vq", "config": dataclasses.asdict(TINY), "model": model.state_dict(), "step": 0,
+                "minutes": 0.0}, checkpoint)  # fmt: skip
+    weights = root / "weights"
+    weights.mkdir()
+    old = export_weights.WEIGHTS_DIR
+    export_weights.WEIGHTS_DIR = weights
+    try:
+        out = export_weights.export_vq(checkpoint, root / "data", name="vq-tiny", crops=8, ladder=LADDER)
+    finally:
+        export_weights.WEIGHTS_DIR = old
+    return VQCodec(load_state(out.read_bytes()), bytes(range(8)))
+
+
+def _round_trip(codec, picture, quality):
+    data = serialize(codec.encode([picture], quality=quality)[0])
+    return codec.decode([parse(data)])[0], data
+
+
+def test_derived_codebooks_are_weighted_kmeans_of_the_trained_one():
+    q = MultiCodebookQuantiser(channels=4, codebooks=1, entries=8)
+    with torch.no_grad():
+        q.key_map.copy_(torch.eye(4))
+        q.bases.copy_(torch.tensor([[0.0] * 4, [0.1] * 4, [10.0] * 4, [10.1] * 4] * 2)[None])
+        q.values.copy_(q.bases * 2)
+    counts = torch.tensor([[3.0, 1.0, 1.0, 1.0, 0.0, 0.0, 0.0, 0.0]])
+    keys, values = q.derive(2, counts)
+    assert keys.shape == (1, 2, 4) and values.shape == (1, 2, 4)
+    found = sorted(float(k[0]) for k in keys[0])
+    assert found[0] == pytest.approx(0.025, abs=1e-3)  # (3 x 0 + 1 x 0.1) / 4: usage-weighted
+    assert found[1] == pytest.approx(10.05, abs=1e-2)
+    assert torch.allclose(values, keys * 2, atol=1e-5)
+    with pytest.raises(ValueError):
+        q.derive(8, counts)
+
+
+def test_every_rate_point_round_trips_and_rate_grows(tiny_codec, sample_pixels):
+    assert tiny_codec.levels == len(LADDER)
+    picture = Picture.from_array(sample_pixels[:130, :200])
+    sizes = []
+    for quality in range(1, tiny_codec.levels + 1):
+        decoded, data = _round_trip(tiny_codec, picture, quality)
+        assert decoded.pixels.shape == picture.pixels.shape
+        sizes.append(len(data))
+    assert sizes == sorted(sizes) and sizes[0] < sizes[-1]
+    # fractional qualities round down to a rate point
+    assert serialize(tiny_codec.encode([picture], quality=2.7)[0]) == serialize(tiny_codec.encode([picture], quality=2)[0])
+
+
+def test_indices_cost_less_than_fixed_length(tiny_codec, sample_pixels):
+    picture = Picture.from_array(sample_pixels[:256, :256])
+    container = tiny_codec.encode([picture], quality=tiny_codec.levels)[0]
+    fixed_bits = sum((256 >> (4 + lv)) ** 2 * TINY.codebooks * 4 for lv in range(3))  # 16 entries: 4 bits
+    coded_bits = 8 * sum(len(c) for c in container.data_chunks())
+    assert coded_bits < fixed_bits * 1.1  # random-ish tiny model: near the bound, never far above
+
+
+def test_batched_decode_of_mixed_qualities_matches_one_by_one(tiny_codec, sample_pixels):
+    pictures = [Picture.from_array(sample_pixels[:64, :64]), Picture.from_array(sample_pixels[64:128, :64])]
+    a = tiny_codec.encode([pictures[0]], quality=1)[0]
+    b = tiny_codec.encode([pictures[1]], quality=tiny_codec.levels)[0]
+    together = tiny_codec.decode([a, b])
+    alone = [tiny_codec.decode([a])[0], tiny_codec.decode([b])[0]]
+    assert all(np.array_equal(x.pixels, y.pixels) for x, y in zip(together, alone))
+
+
+def test_decoding_does_not_depend_on_the_thread_count(tiny_codec, sample_pixels):
+    container = tiny_codec.encode([Picture.from_array(sample_pixels[:192, :128])], quality=tiny_codec.levels)[0]
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = tiny_codec.decode([container])[0].pixels
+        torch.set_num_threads(2)
+        two = tiny_codec.decode([container])[0].pixels
+    finally:
+        torch.set_num_threads(before)
+    assert np.array_equal(one, two)
+
+
+def test_an_index_outside_the_codebook_is_a_corrupt_stream(tiny_codec, sample_pixels):
+    from entropy import Encoder
+
+    container = tiny_codec.encode([Picture.from_array(sample_pixels[:64, :64])], quality=1)[0]
+    enc = Encoder()
+    table = tiny_codec.tables[codebook_key(2, 16)][0]
+    enc.categorical(np.array([99]), table)  # escape-coded: decodes to 99, not a valid index
+    bad = dataclasses.replace(container, chunks=[dataclasses.replace(container.chunks[0], data=enc.finish())])
+    with pytest.raises(CorruptStreamError, match="outside"):
+        tiny_codec.decode([bad])
+
+
+def test_bench_reports_utilisation_and_fixed_length_bound(tiny_codec, sample_pixels):
+    from tools.bench_vq import savings, utilisation
+
+    pictures = [Picture.from_array(sample_pixels[:128, :192])]
+    use = utilisation(tiny_codec, pictures)
+    assert len(use) == TINY.levels * TINY.codebooks
+    assert all(0 < u["used_fraction"] <= 1 and 1 <= u["perplexity"] <= TINY.entries for u in use)
+    rows = savings(tiny_codec, pictures)
+    top = rows[-1]
+    # 128x192: 8x12 + 4x6 + 2x3 positions x 2 codebooks x 4 bits, over the pixels
+    assert top["fixed_length_bpp"] == pytest.approx((96 + 24 + 6) * 2 * 4 / (128 * 192))
+    assert [r["quality"] for r in rows] == list(range(1, len(LADDER) + 1))
