@@ -174,10 +174,10 @@ def main() -> None:
 @click.option("--kodak", type=click.Path(path_type=Path), default=KODAK, show_default=True)
 @click.option("--images", default=24, show_default=True)
 @click.option("--repeats", default=5, show_default=True)
-@click.option("--quality", default=4.0, show_default=True)
+@click.option("--quality", type=float, default=None, help="Default: the model's default quality.")
 @click.option("--json", "as_json", is_flag=True)
 def speed_command(kodak, images, repeats, quality, as_json) -> None:
-    r = speed(kodak, images, repeats, quality)
+    r = speed(kodak, images, repeats, get_codec("hyperprior-gmm").default_quality if quality is None else quality)
     if as_json:
         click.echo(json.dumps(r, indent=2))
     else:
@@ -191,11 +191,12 @@ def speed_command(kodak, images, repeats, quality, as_json) -> None:
 
 @main.command(name="tiles")
 @click.option("--kodak", type=click.Path(path_type=Path), default=KODAK, show_default=True)
-@click.option("--quality", default=4.0, show_default=True)
+@click.option("--quality", type=float, default=None, help="Default: the model's default quality.")
 @click.option("--size", default=8000, show_default=True, help="Side of the memory test image.")
 @click.option("--json", "as_json", is_flag=True)
 def tiles_command(kodak, quality, size, as_json) -> None:
-    r = {"seams_2000": seams(kodak, quality), "memory": peak_memory(kodak, size, quality)}
+    quality = get_codec("hyperprior-gmm").default_quality if quality is None else quality
+    r = {"quality": quality, "seams_2000": seams(kodak, quality), "memory": peak_memory(kodak, size, quality)}
     click.echo(json.dumps(r, indent=2))
 
 

@@ -203,7 +203,7 @@ def bench_entropy(ctx, as_json, symbols, repeats) -> None:
 )
 @click.option("--images", default=24, show_default=True)
 @click.option("--repeats", default=5, show_default=True)
-@click.option("--quality", default=4.0, show_default=True)
+@click.option("--quality", type=float, default=None, help="Default: the model's default quality.")
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
 def bench_image_speed(ctx, kodak, images, repeats, quality, as_json) -> None:
@@ -224,7 +224,7 @@ def bench_image_speed(ctx, kodak, images, repeats, quality, as_json) -> None:
 @click.option(
     "--kodak", type=click.Path(path_type=Path), default=None, help="Kodak folder (default ../shared/data/kodak)."
 )
-@click.option("--quality", default=4.0, show_default=True)
+@click.option("--quality", type=float, default=None, help="Default: the model's default quality.")
 @click.option("--size", default=8000, show_default=True, help="Side of the memory test image.")
 @click.pass_context
 def bench_tiles(ctx, kodak, quality, size) -> None:
