@@ -130,7 +130,9 @@ class HyperpriorCodec(TiledImageCodec):
         ).reshape(len(payloads), m, ph // 16, pw // 16)
         quality_pos = torch.tensor([q - 1.0 for q in qualities], device=device)
         with torch.no_grad():
-            return self._on(device).synthesise(torch.from_numpy(y_int).to(device, torch.float32), quality_pos, synthesis)
+            return self._on(device).synthesise(
+                torch.from_numpy(y_int).to(device, torch.float32), quality_pos, synthesis
+            )
 
     def _decode_z(self, stream: bytes, shape: tuple[int, int, int]) -> np.ndarray:
         dec = Decoder(stream)

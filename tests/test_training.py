@@ -136,3 +136,20 @@ def test_a_vq_run_can_start_from_the_hyperprior_transforms(tmp_path):
     wider = VQImageModel(VQImageConfig(channels=16, latent_channels=8, levels=2, codebooks=2, entries=8))
     with pytest.raises(ValueError, match="shape"):
         load_transforms(wider, tmp_path / "gmm.pt")
+
+
+def test_frozen_transforms_stay_put_while_the_codebooks_learn(tmp_path):
+    from codec.models.vq_image import VQImageConfig
+
+    _fake_data(tmp_path / "data")
+    tiny = VQImageConfig(channels=8, latent_channels=8, levels=2, codebooks=2, entries=8)
+    opts = TrainOptions(data_root=tmp_path / "data", out_dir=tmp_path / "vq", steps=1, batch=2, crop=128,
+                        eval_every=10, arch="vq", config=tiny, freeze_transforms=True)  # fmt: skip
+    train(opts, log=lambda m: None)
+    first = torch.load(tmp_path / "vq" / "checkpoint.pt", weights_only=False)["model"]
+    opts.steps = 3
+    train(opts, log=lambda m: None)
+    second = torch.load(tmp_path / "vq" / "checkpoint.pt", weights_only=False)["model"]
+    assert torch.equal(first["g_a.0.weight"], second["g_a.0.weight"])
+    assert torch.equal(first["g_s.0.weight"], second["g_s.0.weight"])
+    assert not torch.equal(first["quantisers.0.values"], second["quantisers.0.values"])

@@ -78,7 +78,9 @@ def test_every_rate_point_round_trips_and_rate_grows(tiny_codec, sample_pixels):
         sizes.append(len(data))
     assert sizes == sorted(sizes) and sizes[0] < sizes[-1]
     # fractional qualities round down to a rate point
-    assert serialize(tiny_codec.encode([picture], quality=2.7)[0]) == serialize(tiny_codec.encode([picture], quality=2)[0])
+    assert serialize(tiny_codec.encode([picture], quality=2.7)[0]) == serialize(
+        tiny_codec.encode([picture], quality=2)[0]
+    )
 
 
 def test_indices_cost_less_than_fixed_length(tiny_codec, sample_pixels):

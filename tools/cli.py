@@ -138,17 +138,29 @@ def train() -> None:
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
     help="A new run starts its analysis/synthesis transforms from these weights (e.g. weights/hyperprior-gmm.pt).",
 )
+@click.option("--freeze-transforms", is_flag=True, help="Train everything except the analysis/synthesis transforms.")
 @click.option("--export", is_flag=True, help="Afterwards, export the checkpoint as the shipped weights.")
 @friendly_errors
 def train_image(
-    data_root, out_dir, steps, batch, crop, lr, device, threads, max_minutes, arch, new_schedule, init_from, export
+    data_root,
+    out_dir,
+    steps,
+    batch,
+    crop,
+    lr,
+    device,
+    threads,
+    max_minutes,
+    arch,
+    new_schedule,
+    init_from,
+    freeze_transforms,
+    export,
 ) -> None:
     """Train an image model (resumes from --out/checkpoint.pt)."""
     from tools.train_image import TrainOptions, seed_from_committed
     from tools.train_image import train as run
 
-    if export and arch != "hyperprior-gmm":
-        raise UserError(f"--export is not available for {arch} yet (its codec is not built)")
     out_dir = out_dir or Path("runs") / arch
     if not (data_root / "bsds500").is_dir():
         raise UserError(f"{data_root}: no bsds500/ training folder there")
@@ -165,6 +177,7 @@ def train_image(
         arch=arch,
         new_schedule=new_schedule,
         init_from=init_from,
+        freeze_transforms=freeze_transforms,
     )
     out_dir.mkdir(parents=True, exist_ok=True)
     seed_from_committed(out_dir, arch, log=lambda m: click.echo(m, err=True))
@@ -175,9 +188,10 @@ def train_image(
 
         checkpoint = run(opts, log=lambda m: click.echo(m, err=True), progress=progress)
     if export:
-        from tools.export_weights import export as do_export
+        from tools.export_weights import export as export_gmm
+        from tools.export_weights import export_vq
 
-        click.echo(f"wrote {do_export(checkpoint)}")
+        click.echo(f"wrote {export_vq(checkpoint, data_root) if arch == 'vq' else export_gmm(checkpoint)}")
 
 
 @cli.group()

@@ -114,7 +114,9 @@ VQ_LADDER = ((1, 256), (2, 16), (2, 64), (2, 256), (3, 16), (3, 64), (3, 256))
 VQ_TABLE_TOTAL = 1 << 16
 
 
-def _vq_statistics(model: VQImageModel, crops: torch.Tensor, sizes: dict[int, dict[int, tuple]]) -> dict[str, np.ndarray]:
+def _vq_statistics(
+    model: VQImageModel, crops: torch.Tensor, sizes: dict[int, dict[int, tuple]]
+) -> dict[str, np.ndarray]:
     """Index counts (M, entries) per level and codebook size, over the crops.
 
     Coarser levels always use their full codebooks (as every ladder point

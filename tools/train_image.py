@@ -137,8 +137,9 @@ class VQArch:
     # The latents of trained transforms are large (squared key distances of ~70 per element), so an
     # unweighted commitment loss outweighs the distortion ~6:1 and drags the encoder onto the
     # codebooks, losing 2 dB in the first 500 steps (session 2). Adam makes the keys' own updates
-    # insensitive to this weight; what it sets is how hard the encoder is pulled.
-    commitment_weight = 0.02
+    # insensitive to this weight; what it sets is how hard the encoder is pulled. With
+    # --freeze-transforms (how vq-mcq was trained) only the level-down convolutions feel it.
+    commitment_weight = 0.1
     RESTART_EVERY = 200
 
     def build(self, config: VQImageConfig) -> VQImageModel:
@@ -278,6 +279,7 @@ class TrainOptions:
     config: HyperpriorConfig | VQImageConfig | None = None  # None: the architecture's default
     new_schedule: bool = False  # resume the weights but restart warm-up + cosine from the current step
     init_from: Path | None = None  # a new run starts its transforms (g_a, g_s) from these weights
+    freeze_transforms: bool = False  # train everything but g_a and g_s (e.g. VQ codebooks on trained transforms)
 
 
 def load_transforms(model: torch.nn.Module, weights: Path) -> int:
@@ -314,6 +316,11 @@ def train(opts: TrainOptions, log=print, progress=None) -> Path:
     config = opts.config or arch.config_type()
     model = arch.build(config).to(device)
     params = arch.parameters(model)
+    if opts.freeze_transforms:
+        frozen_ids = {id(p) for part in (model.g_a, model.g_s) for p in part.parameters()}
+        for part in (model.g_a, model.g_s):
+            part.requires_grad_(False)
+        params = [p for p in params if id(p) not in frozen_ids]
     optimizer = torch.optim.Adam(params, lr=opts.lr)
     step, minutes_before, schedule_start = 0, 0.0, 0
     saved_lambdas: tuple[float, ...] = ()
