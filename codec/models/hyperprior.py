@@ -33,9 +33,9 @@ from compressai.layers import GDN
 # scaled by 255^2 as in CompressAI's training recipe).  Level 1 is the lowest
 # rate.  CompressAI's six-level ladder (0.0018..0.0932) only reached
 # 0.27-1.06 bpp on Kodak with this small, CPU-trained model, so the ladder
-# was extended by two levels below and one above (session 2, see
+# was extended by two levels below and two above (session 2, see
 # docs/models.md) towards the 0.1-1.5 bpp the codec should cover.
-DEFAULT_LAMBDAS = (0.00045, 0.0009, 0.0018, 0.0035, 0.0067, 0.0130, 0.0250, 0.0483, 0.0932, 0.18)
+DEFAULT_LAMBDAS = (0.00045, 0.0009, 0.0018, 0.0035, 0.0067, 0.0130, 0.0250, 0.0483, 0.0932, 0.18, 0.35)
 
 SCALE_MIN = 0.11  # smallest standard deviation of a mixture component
 
