@@ -31,7 +31,7 @@ from codec.image_codec import z_frequencies
 from codec.models.hyperprior import HyperpriorConfig, HyperpriorGMM
 from codec.models.vq_image import VQImageConfig, VQImageModel
 from codec.vq_codec import codebook_key
-from tools.bdrate import compare, load_results
+from tools.bdrate import CurvesDoNotOverlapError, compare, load_results
 
 WEIGHTS_DIR = Path(__file__).resolve().parents[1] / "weights"
 Z_RADIUS = 48
@@ -47,17 +47,8 @@ def update_manifest(name: str, fields: dict) -> None:
     atomic_write(path, (json.dumps(doc, indent=2) + "\n").encode(), force=True)
 
 
-def export(checkpoint: Path, name: str = "hyperprior-gmm") -> Path:
-    state = torch.load(checkpoint, map_location="cpu", weights_only=False)
-    config = dict(state["config"])
-    config["lambdas"] = tuple(config["lambdas"])
-    model = HyperpriorGMM(HyperpriorConfig(**config))
-    model.load_state_dict(state["model"])
-    shipped = {
-        "config": state["config"],
-        "model": {k: v.float().contiguous() for k, v in model.state_dict().items()},
-        "z_frequencies": torch.from_numpy(z_frequencies(model.entropy_bottleneck, Z_RADIUS)),
-    }
+def _ship(name: str, shipped: dict, model: torch.nn.Module, state: dict, fields: dict) -> Path:
+    """Write weights/<name>.pt atomically and its manifest entry (sha256, size, data, steps + `fields`)."""
     buf = io.BytesIO()
     torch.save(shipped, buf)
     data = buf.getvalue()
@@ -69,19 +60,34 @@ def export(checkpoint: Path, name: str = "hyperprior-gmm") -> Path:
             "file": out.name,
             "sha256": hashlib.sha256(data).hexdigest(),
             "bytes": len(data),
-            "parameters": model.parameter_count(),
-            "architecture": config | {"lambdas": list(config["lambdas"])},
+            "parameters": sum(p.numel() for p in model.parameters()),
             "training_data": TRAINING_DATA,
             "steps": int(state["step"]),
             "training_minutes": round(float(state["minutes"]), 1),
-        },
+        }
+        | fields,
     )
     return out
 
 
-EVAL_COMMAND = (
-    "vqz eval images ../shared/data/kodak --codecs vqz:{name},jpeg,webp,avif,jxl,jpeg2000 --out {out} "
-    "--anchor docs/results/anchors/compressai-bmshj2018-hyperprior.json -j 2"
+def export(checkpoint: Path, name: str = "hyperprior-gmm") -> Path:
+    state = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    config = dict(state["config"])
+    config["lambdas"] = tuple(config["lambdas"])
+    model = HyperpriorGMM(HyperpriorConfig(**config))
+    model.load_state_dict(state["model"])
+    shipped = {
+        "config": state["config"],
+        "model": {k: v.float().contiguous() for k, v in model.state_dict().items()},
+        "z_frequencies": torch.from_numpy(z_frequencies(model.entropy_bottleneck, Z_RADIUS)),
+    }
+    architecture = config | {"lambdas": list(config["lambdas"])}
+    return _ship(name, shipped, model, state, {"architecture": architecture})
+
+
+EVAL_COMMAND = (  # the one evaluation whose figures the manifest records (README.md, "Figures")
+    "vqz eval images ../shared/data/kodak --codecs vqz:hyperprior-gmm,vqz:vq-mcq,jpeg,webp,avif,jxl,jpeg2000 "
+    "--out {out} --anchor docs/results/anchors/compressai-bmshj2018-hyperprior.json -j 2"
 )
 
 
@@ -94,16 +100,23 @@ def record_figures(results_dir: Path, name: str = "hyperprior-gmm", reference: s
         raise click.ClickException(f"{results_dir} evaluated other weights ({ours.get('fingerprint')}), not {name}'s")
     ref = load_results(results_dir / f"{reference}.json")
     r = ours["results"]
-    psnr, msssim = compare(ref, ours, "psnr-rgb"), compare(ref, ours, "ms-ssim-db")
+    bd = {}
+    for metric in ("psnr-rgb", "ms-ssim-db"):
+        try:
+            bd[metric] = compare(ref, ours, metric)
+        except (CurvesDoNotOverlapError, ValueError):  # e.g. a low-rate codec below the reference's range
+            bd[metric] = {"bd_rate_pct": None, "bd_quality": None}
+    psnr, msssim = bd["psnr-rgb"], bd["ms-ssim-db"]
+    rounded = lambda v, digits: None if v is None else round(v, digits)
     figures = {
-        "command": EVAL_COMMAND.format(name=name, out=results_dir),
+        "command": EVAL_COMMAND.format(out=results_dir),
         "quality": r["quality"],
         "bpp": [round(v, 4) for v in r["bpp"]],
         "psnr_rgb": [round(v, 3) for v in r["psnr-rgb"]],
         "ms_ssim": [round(v, 5) for v in r["ms-ssim"]],
-        f"bd_rate_vs_{reference}_pct": round(psnr["bd_rate_pct"], 1),
-        f"bd_psnr_vs_{reference}_db": round(psnr["bd_quality"], 2),
-        f"bd_rate_vs_{reference}_msssim_pct": round(msssim["bd_rate_pct"], 1),
+        f"bd_rate_vs_{reference}_pct": rounded(psnr["bd_rate_pct"], 1),
+        f"bd_psnr_vs_{reference}_db": rounded(psnr["bd_quality"], 2),
+        f"bd_rate_vs_{reference}_msssim_pct": rounded(msssim["bd_rate_pct"], 1),
     }
     update_manifest(name, {"kodak": figures})
     return figures
@@ -182,26 +195,11 @@ def export_vq(
         "derived": derived,
         "frequencies": frequencies,
     }
-    buf = io.BytesIO()
-    torch.save(shipped, buf)
-    data = buf.getvalue()
-    out = WEIGHTS_DIR / f"{name}.pt"
-    atomic_write(out, data, force=True)
-    update_manifest(
-        name,
-        {
-            "file": out.name,
-            "sha256": hashlib.sha256(data).hexdigest(),
-            "bytes": len(data),
-            "parameters": sum(p.numel() for p in model.parameters()),
-            "architecture": dataclasses.asdict(config) | {"ladder": [list(p) for p in ladder]},
-            "training_data": TRAINING_DATA,
-            "table_statistics": f"{crops} random 256x256 crops of the training photos (seed {seed})",
-            "steps": int(state["step"]),
-            "training_minutes": round(float(state["minutes"]), 1),
-        },
-    )
-    return out
+    extra = {
+        "architecture": dataclasses.asdict(config) | {"ladder": [list(p) for p in ladder]},
+        "table_statistics": f"{crops} random 256x256 crops of the training photos (seed {seed})",
+    }
+    return _ship(name, shipped, model, state, extra)
 
 
 @click.command()
