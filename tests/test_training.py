@@ -153,3 +153,9 @@ def test_frozen_transforms_stay_put_while_the_codebooks_learn(tmp_path):
     assert torch.equal(first["g_a.0.weight"], second["g_a.0.weight"])
     assert torch.equal(first["g_s.0.weight"], second["g_s.0.weight"])
     assert not torch.equal(first["quantisers.0.values"], second["quantisers.0.values"])
+    opts.freeze_transforms, opts.steps = False, 4  # then fine-tune everything: a fresh optimiser
+    messages = []
+    train(opts, log=messages.append)
+    third = torch.load(tmp_path / "vq" / "checkpoint.pt", weights_only=False)["model"]
+    assert any("optimiser reset" in m for m in messages)
+    assert not torch.equal(second["g_a.0.weight"], third["g_a.0.weight"])

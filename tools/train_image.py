@@ -344,7 +344,10 @@ def train(opts: TrainOptions, log=print, progress=None) -> Path:
             log(f"rate levels changed from {len(saved.lambdas)} to {config.levels}: gains re-fitted, optimiser reset")
         model.load_state_dict(state["model"])
         if not relevelled:
-            optimizer.load_state_dict(state["optimizer"])
+            try:
+                optimizer.load_state_dict(state["optimizer"])
+            except ValueError:  # another set of parameters trains now (--freeze-transforms on or off)
+                log("the trained parameters changed: optimiser reset")
         step, minutes_before = state["step"], state["minutes"]
         schedule_start = step if (opts.new_schedule or relevelled) else state.get("schedule_start", 0)
         rng.bit_generator.state = state["numpy_rng"]
