@@ -137,3 +137,11 @@ def test_bench_reports_utilisation_and_fixed_length_bound(tiny_codec, sample_pix
     # 128x192: 8x12 + 4x6 + 2x3 positions x 2 codebooks x 4 bits, over the pixels
     assert top["fixed_length_bpp"] == pytest.approx((96 + 24 + 6) * 2 * 4 / (128 * 192))
     assert [r["quality"] for r in rows] == list(range(1, len(LADDER) + 1))
+
+
+@pytest.mark.parametrize("shape", [(1, 1, 3), (65, 33, 3), (17, 130, 1)])
+def test_any_size_and_grey_round_trip(tiny_codec, sample_pixels, shape):
+    h, w, c = shape
+    pixels = sample_pixels[:h, :w, :1] if c == 1 else sample_pixels[:h, :w]
+    decoded, _ = _round_trip(tiny_codec, Picture.from_array(pixels), tiny_codec.levels)
+    assert decoded.pixels.shape == pixels.shape and decoded.pixels.dtype == np.uint8
