@@ -136,6 +136,11 @@ register(
     "learned lossy image codec: GDN transforms, Gaussian-mixture hyperprior, one variable-rate model",
 )
 register(
+    "vq-mcq",
+    "codec.vq_codec:default_codec",
+    "learned lossy image codec for low rates: multi-codebook key-value VQ at three levels, 7 rate points",
+)
+register(
     "lossless-delta",
     "codec.lossless:LosslessDelta",
     "simple lossless image codec: left-neighbour prediction, per-channel static tables",

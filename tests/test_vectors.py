@@ -19,7 +19,7 @@ def _decode(data: bytes):
 
 
 def test_every_vector_decodes_to_its_checksum(vector_index):
-    assert len(vector_index) >= 5
+    assert len(vector_index) >= 6
     for name, entry in vector_index.items():
         picture = _decode((VECTORS / entry["file"]).read_bytes())
         assert list(picture.pixels.shape) == entry["shape"], name
@@ -54,13 +54,20 @@ def _mutations(data: bytes, rng: np.random.Generator, count: int):
 
 @pytest.mark.parametrize(
     "name",
-    ["lossless_rgb_33x17", "lossless_grey_7x5", "lossless_rgba_16x16", "lossless_rgb_1x1", "hyperprior_rgb_80x48"],
+    [
+        "lossless_rgb_33x17",
+        "lossless_grey_7x5",
+        "lossless_rgba_16x16",
+        "lossless_rgb_1x1",
+        "hyperprior_rgb_80x48",
+        "vq_rgb_96x70",
+    ],
 )
 def test_fuzzed_vectors_raise_only_documented_errors(vector_index, name):
-    """10,000 damaged files over the lossless vectors (a few hundred for the learned one)."""
+    """10,000 damaged files over the lossless vectors (a few hundred for each learned one)."""
     data = (VECTORS / vector_index[name]["file"]).read_bytes()
     rng = np.random.default_rng(zlib.crc32(name.encode()))
-    count = 400 if name.startswith("hyperprior") else 2500
+    count = 400 if name.startswith(("hyperprior", "vq")) else 2500
     outcomes = {"error": 0, "decoded": 0}
     for damaged in _mutations(data, rng, count):
         try:

@@ -145,3 +145,17 @@ def test_any_size_and_grey_round_trip(tiny_codec, sample_pixels, shape):
     pixels = sample_pixels[:h, :w, :1] if c == 1 else sample_pixels[:h, :w]
     decoded, _ = _round_trip(tiny_codec, Picture.from_array(pixels), tiny_codec.levels)
     assert decoded.pixels.shape == pixels.shape and decoded.pixels.dtype == np.uint8
+
+
+def test_the_shipped_vq_codec_codes_the_sample(sample_pixels):
+    from codec.registry import get_codec
+    from codec.media import psnr
+
+    codec = get_codec("vq-mcq")
+    picture = Picture.from_array(sample_pixels)
+    rates = []
+    for quality in (1, codec.levels):
+        decoded, data = _round_trip(codec, picture, quality)
+        rates.append(8 * len(data) / picture.info.pixels)
+    assert rates[0] < rates[1] < 0.25
+    assert psnr(picture.pixels, decoded.pixels) > 20.0  # top rate point; a broken model gives ~10 dB

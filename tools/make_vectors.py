@@ -5,8 +5,8 @@
 Each vector is a small .vqz file plus, in vectors.json, the sha256 of the
 pixels it must decode to (and its codec and weights digest). The
 `lossless-delta` vectors have no weights and must decode forever: never
-regenerate them, add new ones. The `hyperprior-gmm` vector belongs to the
-weights it names: it is regenerated (on purpose, in the same commit) when
+regenerate them, add new ones. The `hyperprior-gmm` and `vq-mcq` vectors
+belong to the weights they name: it is regenerated (on purpose, in the same commit) when
 the shipped weights change, see tests/vectors/README.md.
 """
 
@@ -41,6 +41,7 @@ def _pictures() -> dict[str, tuple[str, Picture]]:
         "lossless_rgba_16x16": ("lossless-delta", Picture.from_array(rgba)),
         "lossless_rgb_1x1": ("lossless-delta", Picture.from_array(parrots[:1, :1])),
         "hyperprior_rgb_80x48": ("hyperprior-gmm", Picture.from_array(parrots[64:112, 96:176])),
+        "vq_rgb_96x70": ("vq-mcq", Picture.from_array(parrots[40:110, 80:176])),
     }
 
 
