@@ -1,7 +1,7 @@
 """vqz as a library: batched image coding on CPU or GPU.
 
     import codec
-    files = codec.encode(images, quality=4)            # list of .vqz bytes
+    files = codec.encode(images, quality=6)            # list of .vqz bytes
     pictures = codec.decode(files)                      # list of (H, W, C) uint8 arrays
 
 `images` are (H, W) or (H, W, C) uint8 numpy arrays (C = 1, 3, or 4 for the
