@@ -81,7 +81,13 @@ def _output_paths(inputs: Sequence[Path], output: Path | None, suffix: str) -> l
 @click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("-o", "--output", type=click.Path(path_type=Path), help="Output file (or folder, for several inputs).")
 @click.option("--model", default=None, help=f"Codec name (default {registry.DEFAULT_IMAGE_CODEC}); see `vqz models`.")
-@click.option("-q", "--quality", type=float, default=None, help="Rate point 1..N of the model (vqz models; hyperprior-gmm interpolates fractions, vq-mcq rounds down).")
+@click.option(
+    "-q",
+    "--quality",
+    type=float,
+    default=None,
+    help="Rate point 1..N of the model (vqz models; hyperprior-gmm interpolates fractions, vq-mcq rounds down).",
+)
 @click.option(
     "--target-bpp", type=float, default=None, help="Highest quality whose file is at most this many bits per pixel."
 )
