@@ -30,11 +30,17 @@ import numpy as np
 import torch
 from PIL import Image
 
+from bitstream.errors import VqzError
 from codec.fileio import atomic_write
 from codec.models.hyperprior import HyperpriorConfig, HyperpriorGMM
 from codec.models.vq_image import VQImageConfig, VQImageModel
 
 TRAIN_DIRS = ("bsds500/train", "bsds500/val", "sun_hays80")
+
+
+class TrainingError(VqzError, ValueError):
+    """A run cannot start as asked (a checkpoint of another model, transforms of another shape)."""
+
 HOLDOUT_DIR = "bsds500/test"
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg"}
 
@@ -294,7 +300,7 @@ def load_transforms(model: torch.nn.Module, weights: Path) -> int:
     picked = {k: v for k, v in source.items() if k.split(".")[0] in ("g_a", "g_s") and k in own}
     wrong = [k for k, v in picked.items() if v.shape != own[k].shape]
     if not picked or wrong:
-        raise ValueError(f"{weights}: no transforms of this shape ({', '.join(wrong) or 'none found'})")
+        raise TrainingError(f"{weights}: no transforms of this shape ({', '.join(wrong) or 'none found'})")
     model.load_state_dict(picked, strict=False)
     return len(picked)
 
@@ -328,7 +334,7 @@ def train(opts: TrainOptions, log=print, progress=None) -> Path:
     if ckpt_path.exists():
         state = torch.load(ckpt_path, map_location=device, weights_only=False)
         if state.get("arch", "hyperprior-gmm") != arch.name:
-            raise ValueError(f"{ckpt_path} was trained as another model: {state.get('arch')}")
+            raise TrainingError(f"{ckpt_path} was trained as another model: {state.get('arch')}")
         saved_lambdas = tuple(state["config"].get("lambdas", ()))
         saved = arch.config_type(**state["config"] | ({"lambdas": saved_lambdas} if saved_lambdas else {}))
         # A hyperprior may move to another ladder of rate levels; any other change is another model.
@@ -338,7 +344,7 @@ def train(opts: TrainOptions, log=print, progress=None) -> Path:
             and dataclasses.replace(saved, lambdas=config.lambdas) == config
         )
         if saved != config and not relevelled:
-            raise ValueError(f"{ckpt_path} was trained as another model: {state['config']}")
+            raise TrainingError(f"{ckpt_path} was trained as another model: {state['config']}")
         if relevelled:
             regain_levels(state["model"], saved.lambdas, config.lambdas)
             log(f"rate levels changed from {len(saved.lambdas)} to {config.levels}: gains re-fitted, optimiser reset")
