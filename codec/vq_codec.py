@@ -73,7 +73,7 @@ class VQCodec(TiledImageCodec):
         for keep, entries in self.ladder:  # a ladder point without its codebook or tables is a broken file
             for level, size in self._sizes(keep, entries).items():
                 if codebook_key(level, size) not in self.codebooks or codebook_key(level, size) not in self.tables:
-                    raise ValueError(f"weights lack codebook {codebook_key(level, size)}")
+                    raise shipped.WeightsError(f"{CODEC_ID} weights lack codebook {codebook_key(level, size)}")
         self._analysis = frozen(self.model.g_a)
         self._synthesis = frozen(self.model.g_s)
         self._devices: dict[str, tuple] = {}
@@ -105,9 +105,6 @@ class VQCodec(TiledImageCodec):
     def _encode_batch(self, x: torch.Tensor, quality: float, device: torch.device) -> list[bytes]:
         model, analysis, _, books = self._on(device)
         sizes = self._sizes(*self.ladder[int(quality) - 1])
-        feats = [analysis(x)]
-        for down in model.down:
-            feats.append(down(feats[-1]))
 
         def nearest(level, target):
             keys, values = books[codebook_key(level, sizes[level])]
@@ -116,6 +113,9 @@ class VQCodec(TiledImageCodec):
             return q.lookup(idx, values), (level, idx.cpu().numpy())
 
         with torch.no_grad():
+            feats = [analysis(x)]
+            for down in model.down:
+                feats.append(down(feats[-1]))
             _, coded = model.coarse_to_fine(feats, nearest, len(sizes))
         payloads = []
         for b in range(x.shape[0]):
