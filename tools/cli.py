@@ -14,6 +14,7 @@ from pathlib import Path
 import click
 
 from codec.cli import UserError, cli, friendly_errors
+from tools.options import data_root_option
 
 
 def _parse_qualities(values: tuple[str, ...]) -> dict[str, list[float]]:
@@ -107,14 +108,7 @@ def train() -> None:
 
 
 @train.command(name="image")
-@click.option(
-    "--data",
-    "data_root",
-    type=click.Path(path_type=Path),
-    default=Path("../shared/data/train_images"),
-    show_default=True,
-    help="Folder with bsds500/ and sun_hays80/ (never Kodak).",
-)
+@data_root_option("Folder with bsds500/ and sun_hays80/ (never Kodak).")
 @click.option(
     "--out",
     "out_dir",

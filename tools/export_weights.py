@@ -32,6 +32,7 @@ from codec.models.hyperprior import HyperpriorConfig, HyperpriorGMM
 from codec.models.vq_image import VQImageConfig, VQImageModel
 from codec.vq_codec import codebook_key
 from tools.bdrate import CurvesDoNotOverlapError, compare, load_results
+from tools.options import data_root_option
 
 WEIGHTS_DIR = Path(__file__).resolve().parents[1] / "weights"
 Z_RADIUS = 48
@@ -210,14 +211,7 @@ def export_vq(
     type=click.Path(exists=True, file_okay=False, path_type=Path),
     help="Instead of exporting: record this Kodak evaluation folder's figures in the manifest.",
 )
-@click.option(
-    "--data",
-    "data_root",
-    type=click.Path(path_type=Path),
-    default=Path("../shared/data/train_images"),
-    show_default=True,
-    help="Training photos (VQ checkpoints: the index tables are counted on them).",
-)
+@data_root_option("Training photos (VQ checkpoints: the index tables are counted on them).")
 def main(checkpoint: Path | None, name: str, figures: Path | None, data_root: Path) -> None:
     """Export CHECKPOINT as the shipped weights of NAME (or record its --figures)."""
     if figures:

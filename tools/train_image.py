@@ -41,6 +41,7 @@ TRAIN_DIRS = ("bsds500/train", "bsds500/val", "sun_hays80")
 class TrainingError(VqzError, ValueError):
     """A run cannot start as asked (a checkpoint of another model, transforms of another shape)."""
 
+
 HOLDOUT_DIR = "bsds500/test"
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg"}
 
