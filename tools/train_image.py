@@ -360,6 +360,8 @@ def train(opts: TrainOptions, log=print, progress=None) -> Path:
         rng.bit_generator.state = state["numpy_rng"]
         torch.set_rng_state(state["torch_rng"])
         log(f"resumed from {ckpt_path} at step {step} ({minutes_before:.1f} min), schedule from step {schedule_start}")
+        if opts.init_from:
+            log(f"--init-from {opts.init_from} ignored: the run resumes from its checkpoint")
     elif opts.init_from:
         log(f"transforms from {opts.init_from}: {load_transforms(model, opts.init_from)} tensors")
 
