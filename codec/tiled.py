@@ -117,7 +117,8 @@ class TiledImageCodec(ImageCodec):
         return float(np.float32(q))
 
     # -- encode ---------------------------------------------------------------
-    def _prepare(self, picture: Picture) -> np.ndarray:
+    def rgb(self, picture: Picture) -> np.ndarray:
+        """The (H, W, 3) pixels the networks see: grey replicated, opaque alpha dropped, transparency refused."""
         p = picture.without_opaque_alpha().pixels
         if p.shape[2] == 4:
             raise UnsupportedMediaError(
@@ -128,7 +129,7 @@ class TiledImageCodec(ImageCodec):
     def encode(self, pictures: Sequence[Picture], quality: float | None = None, device: str = "cpu") -> list[Container]:
         q = self._quality(quality)
         dev = torch_device(device)
-        rgb = [self._prepare(p) for p in pictures]
+        rgb = [self.rgb(p) for p in pictures]
         jobs = [(i, t) for i, a in enumerate(rgb) for t in tile_grid(a.shape[0], a.shape[1], DEFAULT_TILE)]
         payloads: dict[tuple[int, Tile], bytes] = {}
         for batch in batches(jobs, key=lambda job: job[1].padded):

@@ -71,14 +71,14 @@ class VQCodec(TiledImageCodec):
             for key, freqs in state["frequencies"].items()
         }
         for keep, entries in self.ladder:  # a ladder point without its codebook or tables is a broken file
-            for level, size in self._sizes(keep, entries).items():
+            for level, size in self.codebook_sizes(keep, entries).items():
                 if codebook_key(level, size) not in self.codebooks or codebook_key(level, size) not in self.tables:
                     raise shipped.WeightsError(f"{CODEC_ID} weights lack codebook {codebook_key(level, size)}")
         self._analysis = frozen(self.model.g_a)
         self._synthesis = frozen(self.model.g_s)
         self._devices: dict[str, tuple] = {}
 
-    def _sizes(self, keep: int, entries: int) -> dict[int, int]:
+    def codebook_sizes(self, keep: int, entries: int) -> dict[int, int]:
         """Codebook size per kept level (coarsest first) of the ladder point (keep, entries)."""
         top = self.config.levels - 1
         kept = [top - i for i in range(keep)]
@@ -92,19 +92,18 @@ class VQCodec(TiledImageCodec):
         """(model, analysis, synthesis, codebooks) on `device`, built once."""
         key = str(device)
         if key not in self._devices:
-            books = {k: (kk.to(device), v.to(device)) for k, (kk, v) in self.codebooks.items()}
-            self._devices[key] = (
-                copy.deepcopy(self.model).to(device),
-                copy.deepcopy(self._analysis).to(device),
-                copy.deepcopy(self._synthesis).to(device),
-                books,
-            )
+            if device.type == "cpu":  # the loaded copies already are on the CPU
+                self._devices[key] = (self.model, self._analysis, self._synthesis, self.codebooks)
+            else:
+                books = {k: (kk.to(device), v.to(device)) for k, (kk, v) in self.codebooks.items()}
+                parts = (self.model, self._analysis, self._synthesis)
+                self._devices[key] = (*(copy.deepcopy(p).to(device) for p in parts), books)
         return self._devices[key]
 
     # -- encode ---------------------------------------------------------------
     def _encode_batch(self, x: torch.Tensor, quality: float, device: torch.device) -> list[bytes]:
         model, analysis, _, books = self._on(device)
-        sizes = self._sizes(*self.ladder[int(quality) - 1])
+        sizes = self.codebook_sizes(*self.ladder[int(quality) - 1])
 
         def nearest(level, target):
             keys, values = books[codebook_key(level, sizes[level])]
@@ -136,7 +135,7 @@ class VQCodec(TiledImageCodec):
         for b, q in enumerate(qualities):  # tiles of one batch may come from files of other qualities
             by_quality.setdefault(int(q), []).append(b)
         for q, members in by_quality.items():
-            sizes = self._sizes(*self.ladder[q - 1])
+            sizes = self.codebook_sizes(*self.ladder[q - 1])
             parsed = [self._read_indices(payloads[b], sizes, shape) for b in members]
             indices = {level: torch.from_numpy(np.stack([p[level] for p in parsed])).to(device) for level in sizes}
 

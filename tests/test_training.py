@@ -39,6 +39,9 @@ def test_training_resumes_from_its_checkpoint(tmp_path):
     curve = (tmp_path / "run" / "curve.csv").read_text().splitlines()
     assert curve[0].startswith("minutes,step") and len(curve) == 1 + 2 * 2  # two evaluations x two levels
     assert not list((tmp_path / "run").glob("*.tmp"))
+    again = []
+    train(opts, log=again.append)  # already at --steps: says so instead of silently doing nothing
+    assert any("nothing to train" in m for m in again)
 
 
 def test_training_code_never_names_kodak():

@@ -109,16 +109,19 @@ def seams(kodak: Path, quality: float) -> dict:
     picture = Picture.from_array(mosaic(kodak, 2000))
     codec = get_codec("hyperprior-gmm")
     out = {}
-    for label, tile in (("whole", 2048), ("tiled_1024", 1024)):
-        tiled.DEFAULT_TILE = tile
-        data = serialize(codec.encode([picture], quality=quality)[0])
-        decoded = codec.decode([parse(data)])[0]
-        out[label] = {
-            "bpp": 8 * len(data) / picture.info.pixels,
-            "psnr": psnr(picture.pixels, decoded.pixels),
-            "chunks": len(parse(data).data_chunks()),
-        }
-    tiled.DEFAULT_TILE = 1024
+    default = tiled.DEFAULT_TILE
+    try:
+        for label, tile in (("whole", 2048), ("tiled_1024", 1024)):
+            tiled.DEFAULT_TILE = tile
+            data = serialize(codec.encode([picture], quality=quality)[0])
+            decoded = codec.decode([parse(data)])[0]
+            out[label] = {
+                "bpp": 8 * len(data) / picture.info.pixels,
+                "psnr": psnr(picture.pixels, decoded.pixels),
+                "chunks": len(parse(data).data_chunks()),
+            }
+    finally:
+        tiled.DEFAULT_TILE = default
     out["psnr_cost_db"] = out["whole"]["psnr"] - out["tiled_1024"]["psnr"]
     return out
 

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from bitstream import parse, serialize
+from codec.errors import InvalidRequestError
 from codec.media import read_image
 from codec.models.vq import MultiCodebookQuantiser
 from codec.registry import get_codec
@@ -35,7 +36,7 @@ def utilisation(codec, pictures) -> list[dict]:
     model = codec.model
     indices: dict[int, list[torch.Tensor]] = {lv: [] for lv in range(model.config.levels)}
     for picture in pictures:
-        x = torch.from_numpy(codec._prepare(picture).copy()).permute(2, 0, 1)[None].float() / 255
+        x = torch.from_numpy(codec.rgb(picture).copy()).permute(2, 0, 1)[None].float() / 255
         h, w = x.shape[2] // 64 * 64, x.shape[3] // 64 * 64  # Kodak: 768x512, already aligned
         for level, idx in enumerate(reversed(model.encode_indices(x[:, :, :h, :w]))):
             indices[level].append(idx)
@@ -59,7 +60,7 @@ def savings(codec, pictures) -> list[dict]:
     """Per rate point: whole-file bits against the fixed-length bound, over all pictures."""
     rows = []
     for quality, (keep, entries) in enumerate(codec.ladder, start=1):
-        sizes = codec._sizes(keep, entries)
+        sizes = codec.codebook_sizes(keep, entries)
         coded = fixed = pixels = 0
         for picture in pictures:
             coded += 8 * len(serialize(codec.encode([picture], quality=quality)[0]))
@@ -103,8 +104,11 @@ def decode_speed(codec, pictures, repeats: int) -> dict:
 
 
 def run(kodak: Path, repeats: int, name: str = "vq-mcq") -> dict:
+    paths = sorted(kodak.glob("*.png"))
+    if not paths:
+        raise InvalidRequestError(f"{kodak}: no .png images there")
     codec = get_codec(name)
-    pictures = [read_image(p) for p in sorted(kodak.glob("*.png"))]
+    pictures = [read_image(p) for p in paths]
     use = utilisation(codec, pictures)
     return {
         "model": name,

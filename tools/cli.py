@@ -249,6 +249,7 @@ def bench_tiles(ctx, kodak, quality, size) -> None:
 @click.option("--repeats", default=5, show_default=True)
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
+@friendly_errors
 def bench_vq(ctx, kodak, repeats, as_json) -> None:
     """vq-mcq: codebook utilisation, entropy-coding saving, decode time vs hyperprior-gmm."""
     from tools import bench_image, bench_vq

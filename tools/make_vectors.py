@@ -6,8 +6,8 @@ Each vector is a small .vqz file plus, in vectors.json, the sha256 of the
 pixels it must decode to (and its codec and weights digest). The
 `lossless-delta` vectors have no weights and must decode forever: never
 regenerate them, add new ones. The `hyperprior-gmm` and `vq-mcq` vectors
-belong to the weights they name: it is regenerated (on purpose, in the same commit) when
-the shipped weights change, see tests/vectors/README.md.
+belong to the weights they name: they are regenerated (on purpose, in the
+same commit) when the shipped weights change, see tests/vectors/README.md.
 """
 
 from __future__ import annotations

@@ -397,6 +397,8 @@ def train(opts: TrainOptions, log=print, progress=None) -> Path:
     previous_handlers = {
         sig: signal.signal(sig, lambda *_: stop.append(True)) for sig in (signal.SIGTERM, signal.SIGINT)
     }
+    if step >= opts.steps:
+        log(f"already at step {step}, not below --steps {opts.steps}: nothing to train (raise --steps to go on)")
     start = last_save = time.time()
     running = None
     model.train()

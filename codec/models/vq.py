@@ -52,16 +52,21 @@ def kmeans(x: torch.Tensor, k: int, iterations: int = 10, generator: torch.Gener
     return centroids
 
 
+def _weighted_means(x: torch.Tensor, weights: torch.Tensor, assign: torch.Tensor, k: int):
+    """Per group 0..k-1: the `weights`-weighted mean of its rows of x, and the group's total weight (k, 1)."""
+    sums = torch.zeros(k, x.shape[1], dtype=x.dtype).index_add_(0, assign, x * weights[:, None])
+    mass = torch.zeros(k, dtype=x.dtype).index_add_(0, assign, weights)[:, None]
+    return sums / mass.clamp_min(1e-12), mass
+
+
 def weighted_kmeans(x: torch.Tensor, weights: torch.Tensor, k: int, iterations: int = 25) -> torch.Tensor:
     """k centroids of the rows of x, each row counting `weights` times (deterministic: seeded by the k heaviest rows)."""
     if k >= x.shape[0]:
         return x.clone()
     centroids = x[torch.argsort(weights, descending=True)[:k]].clone()
     for _ in range(iterations):
-        assign = torch.cdist(x, centroids).argmin(1)
-        sums = torch.zeros_like(centroids).index_add_(0, assign, x * weights[:, None])
-        mass = torch.zeros(k, dtype=x.dtype).index_add_(0, assign, weights)[:, None]
-        centroids = torch.where(mass > 0, sums / mass.clamp_min(1e-12), centroids)
+        means, mass = _weighted_means(x, weights, torch.cdist(x, centroids).argmin(1), k)
+        centroids = torch.where(mass > 0, means, centroids)
     return centroids
 
 
@@ -131,11 +136,8 @@ class MultiCodebookQuantiser(nn.Module):
             w = counts[i].to(keys.dtype).clamp_min(1e-3)
             centroids = weighted_kmeans(keys[i], w, entries)
             assign = torch.cdist(keys[i], centroids).argmin(1)
-            mass = torch.zeros(entries, dtype=w.dtype).index_add_(0, assign, w).clamp_min(1e-12)[:, None]
-            k = torch.zeros_like(centroids).index_add_(0, assign, keys[i] * w[:, None]) / mass
-            v = torch.zeros_like(centroids).index_add_(0, assign, values[i] * w[:, None]) / mass
-            out_k.append(k)
-            out_v.append(v)
+            out_k.append(_weighted_means(keys[i], w, assign, entries)[0])
+            out_v.append(_weighted_means(values[i], w, assign, entries)[0])
         return torch.stack(out_k), torch.stack(out_v)
 
     @torch.no_grad()
