@@ -124,6 +124,74 @@ def test_new_rate_levels_keep_the_trained_gains_and_restart_the_schedule(tmp_pat
         train(dataclasses.replace(opts, config=dataclasses.replace(small, channels=16), steps=4), log=lambda m: None)
 
 
+def test_a_wider_latent_keeps_what_the_model_learned_and_trains_on_at_its_width(tmp_path):
+    import dataclasses
+
+    from codec.models.hyperprior import HyperpriorGMM
+    from tools.train_image import RATE_RAMP_STEPS, widen_latent
+
+    _fake_data(tmp_path / "data")
+    small = HyperpriorConfig(channels=8, latent_channels=8, hyper_channels=8, lambdas=(0.01, 0.04))
+    opts = TrainOptions(data_root=tmp_path / "data", out_dir=tmp_path / "run", steps=2, batch=2, crop=128,
+                        eval_every=2, config=small, warmup=2)  # fmt: skip
+    train(opts, log=lambda m: None)
+    trained = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=False)["model"]
+
+    # the pure widening: z and the old channels' mixtures are untouched, the image barely moves
+    wide = dataclasses.replace(small, latent_channels=12)
+    state = {k: v.clone() for k, v in trained.items()}
+    widen_latent(state, small, wide)
+    before, after = HyperpriorGMM(small).eval(), HyperpriorGMM(wide).eval()
+    before.load_state_dict(trained)
+    after.load_state_dict(state)
+    x = torch.rand(1, 3, 64, 64)
+    q = torch.ones(1)
+    with torch.no_grad():
+        y0, z0 = before.analyse(x, q)
+        y1, z1 = after.analyse(x, q)
+        assert torch.equal(y1[:, :8], y0) and torch.allclose(z1, z0, atol=1e-6)
+        for p0, p1 in zip(before.mixture_parameters(torch.round(z0)), after.mixture_parameters(torch.round(z1))):
+            assert torch.allclose(p1[:, :, :8], p0, atol=1e-6)
+        assert y1[:, 8:].abs().sum() > 0  # the new channels carry something from the start
+        assert (after.synthesise(torch.round(y1), q) - before.synthesise(torch.round(y0), q)).abs().max() < 0.05
+    assert torch.equal(state["log_gain"][:, 8], trained["log_gain"].mean(1))
+
+    # training on: --latent-channels widens the checkpoint, later runs keep its width without it
+    messages = []
+    train(dataclasses.replace(opts, steps=3, latent_channels=12), log=messages.append)
+    assert any("from 8 to 12" in m for m in messages)
+    widened = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=False)
+    assert widened["rate_ramp"] == {"first_channel": 8, "start": 2, "steps": RATE_RAMP_STEPS}
+    # calibrated: the new filters are no longer the default scale
+    assert not torch.equal(widened["model"]["g_a.6.weight"][8:], state["g_a.6.weight"][8:])
+    train(dataclasses.replace(opts, steps=4), log=lambda m: None)
+    last = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=False)
+    assert last["step"] == 4 and last["config"]["latent_channels"] == 12 and last["schedule_start"] == 2
+    with pytest.raises(ValueError, match="another model"):  # a latent does not shrink
+        train(dataclasses.replace(opts, steps=5, latent_channels=10), log=lambda m: None)
+
+
+def test_the_rate_ramp_lets_new_channels_learn_before_they_pay():
+    from codec.models.hyperprior import HyperpriorGMM
+    from tools.train_image import RateRamp, rate_distortion_loss
+
+    ramp = RateRamp(first_channel=8, start=10, steps=4)
+    assert ramp.weights(10, 12).tolist() == [1.0] * 8 + [0.0] * 4
+    assert ramp.weights(12, 12).tolist() == [1.0] * 8 + [0.5] * 4
+    assert ramp.weights(99, 12).tolist() == [1.0] * 12
+
+    torch.manual_seed(0)
+    model = HyperpriorGMM(HyperpriorConfig(channels=8, latent_channels=12, hyper_channels=8, lambdas=(0.01,)))
+    x, q = torch.rand(2, 3, 64, 64), torch.zeros(2)
+    results = []
+    for weight in (None, torch.ones(12), ramp.weights(10, 12)):
+        torch.manual_seed(1)  # the same training noise each time
+        results.append(rate_distortion_loss(model, x, q, weight))
+    (full, bpp, _), (same, bpp_same, _), (free, bpp_free, _) = results
+    assert torch.allclose(full, same) and torch.equal(bpp, bpp_same)
+    assert free < full and torch.equal(bpp_free, bpp)  # the loss discounts, the reported rate does not
+
+
 def test_a_vq_run_can_start_from_the_hyperprior_transforms(tmp_path):
     from codec.models.hyperprior import HyperpriorGMM
     from codec.models.vq_image import VQImageConfig, VQImageModel

@@ -133,6 +133,11 @@ def train() -> None:
     help="A new run starts its analysis/synthesis transforms from these weights (e.g. weights/hyperprior-gmm.pt).",
 )
 @click.option("--freeze-transforms", is_flag=True, help="Train everything except the analysis/synthesis transforms.")
+@click.option(
+    "--latent-channels",
+    default=0,
+    help="hyperprior-gmm latent width M (0: the model's); above the checkpoint's, the trained model is widened.",
+)
 @click.option("--export", is_flag=True, help="Afterwards, export the checkpoint as the shipped weights.")
 @friendly_errors
 def train_image(
@@ -149,6 +154,7 @@ def train_image(
     new_schedule,
     init_from,
     freeze_transforms,
+    latent_channels,
     export,
 ) -> None:
     """Train an image model (resumes from --out/checkpoint.pt)."""
@@ -172,6 +178,7 @@ def train_image(
         new_schedule=new_schedule,
         init_from=init_from,
         freeze_transforms=freeze_transforms,
+        latent_channels=latent_channels,
     )
     out_dir.mkdir(parents=True, exist_ok=True)
     seed_from_committed(out_dir, arch, log=lambda m: click.echo(m, err=True))

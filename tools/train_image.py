@@ -28,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image
 
 from bitstream.errors import VqzError
@@ -113,9 +114,11 @@ class HyperpriorArch:
         # The bottleneck's quantiles only serve CompressAI's own coder; ours does not use them.
         return [p for n, p in model.named_parameters() if not n.endswith("quantiles")]
 
-    def loss(self, model: HyperpriorGMM, x: torch.Tensor, rng: np.random.Generator):
+    def loss(
+        self, model: HyperpriorGMM, x: torch.Tensor, rng: np.random.Generator, rate_weight: torch.Tensor | None = None
+    ):
         quality = torch.from_numpy(rng.integers(0, model.config.levels, x.shape[0])).to(x.device)
-        return rate_distortion_loss(model, x, quality)
+        return rate_distortion_loss(model, x, quality, rate_weight)
 
     def maintain(self, model: HyperpriorGMM, x: torch.Tensor, step: int, generator: torch.Generator) -> str:
         return ""
@@ -155,7 +158,7 @@ class VQArch:
     def parameters(self, model: VQImageModel) -> list[torch.nn.Parameter]:
         return list(model.parameters())
 
-    def loss(self, model: VQImageModel, x: torch.Tensor, rng: np.random.Generator):
+    def loss(self, model: VQImageModel, x: torch.Tensor, rng: np.random.Generator, rate_weight=None):
         keep = int(rng.integers(1, model.config.levels + 1))
         out = model(x, keep)
         mse = (out.x_hat - x).pow(2).flatten(1).mean(1)
@@ -203,23 +206,117 @@ def regain_levels(state: dict[str, torch.Tensor], old: tuple[float, ...], new: t
         state[name] = torch.from_numpy(np.stack(rows)).to(state[name].dtype)
 
 
+def widen_latent(state: dict[str, torch.Tensor], old: HyperpriorConfig, new: HyperpriorConfig, seed: int = 0) -> None:
+    """Grow a hyperprior state dict's latent from `old.latent_channels` to `new.latent_channels`, in place.
+
+    Why: with M = 96 even the *unrounded* latent of the session-2 model
+    decoded the evaluation photos to only 32.6 dB, so its high rate levels
+    saturated however many bits they spent; more latent channels lift that ceiling.  The trained model is
+    kept (its function changes only a little) and the new channels start so
+    that they can learn:
+    - analysis: new output filters with PyTorch's default (random) scale, bias 0;
+    - synthesis: new input filters small (a tenth of the default scale), not
+      zero: with zero filters, rounding and the straight-through estimator
+      would leave both sides of a new channel without gradient;
+    - hyper-analysis: zero weights for the new inputs (z is unchanged);
+    - hyper-synthesis: zero weights for the new mixture parameters, biases
+      the mean over the old channels of each (parameter, component) group;
+    - gains: each level's mean log-gain over the old channels.
+    """
+    m0, m1 = old.latent_channels, new.latent_channels
+    k, grow = new.mixtures, new.latent_channels - old.latent_channels
+    g = torch.Generator().manual_seed(seed)
+
+    def uniform(shape: tuple[int, ...], fan_in: int, scale: float = 1.0) -> torch.Tensor:
+        bound = scale / math.sqrt(fan_in)  # nn.Conv2d's default init, kaiming-uniform(a=sqrt(5))
+        return (torch.rand(shape, generator=g, dtype=torch.float64) * 2 - 1).mul_(bound)
+
+    def cat(name: str, extra: torch.Tensor, dim: int) -> None:
+        state[name] = torch.cat([state[name], extra.to(state[name].dtype)], dim=dim)
+
+    w = state["g_a.6.weight"]  # (M, N, 5, 5)
+    cat("g_a.6.weight", uniform((grow, *w.shape[1:]), w[0].numel()), 0)
+    cat("g_a.6.bias", torch.zeros(grow), 0)
+    w = state["g_s.0.weight"]  # transposed convolution: (M, N, 5, 5)
+    cat("g_s.0.weight", uniform((grow, *w.shape[1:]), w.shape[1] * w.shape[2] * w.shape[3], 0.1), 0)
+    w = state["h_a.0.weight"]  # (N, M, 3, 3)
+    cat("h_a.0.weight", torch.zeros(w.shape[0], grow, *w.shape[2:]), 1)
+    w, b = state["h_s.4.weight"], state["h_s.4.bias"]  # (3 K M, C, 3, 3): (parameter, component, channel)
+    w = w.view(3, k, m0, *w.shape[1:])
+    b = b.view(3, k, m0)
+    w = torch.cat([w, w.new_zeros(3, k, grow, *w.shape[3:])], 2)
+    b = torch.cat([b, b.mean(2, keepdim=True).expand(3, k, grow)], 2)
+    state["h_s.4.weight"] = w.reshape(3 * k * m1, *w.shape[3:]).contiguous()
+    state["h_s.4.bias"] = b.reshape(3 * k * m1).contiguous()
+    for name in ("log_gain", "log_inverse_gain"):
+        t = state[name]
+        cat(name, t.mean(1, keepdim=True).expand(t.shape[0], grow), 1)
+
+
 def _psnr(x_hat: torch.Tensor, x: torch.Tensor) -> float:
     mse = (x_hat.clamp(0, 1) - x).pow(2).flatten(1).mean(1)
     return float((10 * torch.log10(1.0 / mse)).mean())
 
 
 def rate_distortion_loss(
-    model: HyperpriorGMM, x: torch.Tensor, quality: torch.Tensor
+    model: HyperpriorGMM, x: torch.Tensor, quality: torch.Tensor, rate_weight: torch.Tensor | None = None
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Mean over the batch of lambda_q * 255^2 * MSE + bpp; also per-sample bpp and MSE."""
+    """Mean over the batch of lambda_q * 255^2 * MSE + bpp; also per-sample bpp and MSE.
+
+    `rate_weight` (M,) weighs the latent channels' bits in the loss (the
+    returned bpp stays the real one): new channels of a widened latent start
+    near 0 (see `RateRamp`).
+    """
     out = model(x, quality)
     pixels = x.shape[2] * x.shape[3]
-    bits = sum(-torch.log2(lk).flatten(1).sum(1) for lk in out["likelihoods"].values())
-    bpp = bits / pixels
+    y_bits = -torch.log2(out["likelihoods"]["y"])
+    z_bits = -torch.log2(out["likelihoods"]["z"]).flatten(1).sum(1)
+    bpp = (y_bits.flatten(1).sum(1) + z_bits) / pixels
+    paid = bpp if rate_weight is None else ((y_bits * rate_weight[:, None, None]).flatten(1).sum(1) + z_bits) / pixels
     mse = (out["x_hat"] - x).pow(2).flatten(1).mean(1)
     lambdas = torch.tensor(model.config.lambdas, dtype=x.dtype, device=x.device)[quality.long()]
-    loss = (lambdas * 255.0**2 * mse + bpp).mean()
+    loss = (lambdas * 255.0**2 * mse + paid).mean()
     return loss, bpp.detach(), mse.detach()
+
+
+@dataclasses.dataclass(frozen=True)
+class RateRamp:
+    """Rate warm-up for the channels a widening added (stored in the checkpoint).
+
+    Measured (session 3): with their bits paid in full from the first step,
+    the rate term silenced the new channels within 1,000 steps (2% nonzero at
+    the top level, no effect on PSNR) before the synthesis learned to use
+    them. So their bits weigh 0 at `start` and reach full weight linearly over
+    `steps`: first the model learns what they can carry, then what they cost.
+    """
+
+    first_channel: int
+    start: int
+    steps: int
+
+    def weights(self, step: int, channels: int) -> torch.Tensor:
+        w = torch.ones(channels)
+        w[self.first_channel :] = min(1.0, max(0.0, (step - self.start) / self.steps))
+        return w
+
+
+RATE_RAMP_STEPS = 3000
+
+
+@torch.no_grad()
+def calibrate_new_channels(model: HyperpriorGMM, x: torch.Tensor, first: int) -> None:
+    """Scale the new analysis filters so that their outputs spread like the old channels' do.
+
+    Random filters of the default scale gave outputs so small that rounding
+    left them at zero (and rounded zeros carry neither information nor a
+    gradient to the synthesis); matched to the median spread of the trained
+    channels on a batch of photos, they round to real values at the top levels.
+    """
+    features = model.g_a[:-1](x)
+    last = model.g_a[-1]
+    spread = F.conv2d(features, last.weight, padding=last.padding, stride=last.stride).std(dim=(0, 2, 3))
+    target = spread[:first].median()
+    last.weight[first:] *= (target / spread[first:].clamp_min(1e-12))[:, None, None, None]
 
 
 COMMITTED = Path(__file__).resolve().parents[1] / "weights" / "training"
@@ -287,6 +384,7 @@ class TrainOptions:
     new_schedule: bool = False  # resume the weights but restart warm-up + cosine from the current step
     init_from: Path | None = None  # a new run starts its transforms (g_a, g_s) from these weights
     freeze_transforms: bool = False  # train everything but g_a and g_s (e.g. VQ codebooks on trained transforms)
+    latent_channels: int = 0  # hyperprior M (0: the config's); more than the checkpoint's widens it
 
 
 def load_transforms(model: torch.nn.Module, weights: Path) -> int:
@@ -320,7 +418,14 @@ def train(opts: TrainOptions, log=print, progress=None) -> Path:
     torch.manual_seed(opts.seed)
     generator = torch.Generator().manual_seed(opts.seed)
     arch = ARCHITECTURES[opts.arch]
+    state = torch.load(ckpt_path, map_location=device, weights_only=False) if ckpt_path.exists() else None
     config = opts.config or arch.config_type()
+    if isinstance(config, HyperpriorConfig):
+        # A widened run goes on at its width without repeating --latent-channels.
+        saved_m = state["config"].get("latent_channels", 0) if state else 0
+        config = dataclasses.replace(config, latent_channels=opts.latent_channels or max(saved_m, config.latent_channels))
+    elif opts.latent_channels:
+        raise TrainingError("--latent-channels applies to the hyperprior-gmm model only")
     model = arch.build(config).to(device)
     params = arch.parameters(model)
     if opts.freeze_transforms:
@@ -330,33 +435,43 @@ def train(opts: TrainOptions, log=print, progress=None) -> Path:
         params = [p for p in params if id(p) not in frozen_ids]
     optimizer = torch.optim.Adam(params, lr=opts.lr)
     step, minutes_before, schedule_start = 0, 0.0, 0
+    rate_ramp: RateRamp | None = None
+    widened_from = 0
     saved_lambdas: tuple[float, ...] = ()
     rng = np.random.default_rng(opts.seed)
-    if ckpt_path.exists():
-        state = torch.load(ckpt_path, map_location=device, weights_only=False)
+    if state is not None:
         if state.get("arch", "hyperprior-gmm") != arch.name:
             raise TrainingError(f"{ckpt_path} was trained as another model: {state.get('arch')}")
         saved_lambdas = tuple(state["config"].get("lambdas", ()))
         saved = arch.config_type(**state["config"] | ({"lambdas": saved_lambdas} if saved_lambdas else {}))
-        # A hyperprior may move to another ladder of rate levels; any other change is another model.
-        relevelled = (
+        # A hyperprior may move to another ladder of rate levels and grow its latent;
+        # any other change is another model.
+        reshaped = (
             isinstance(saved, HyperpriorConfig)
             and saved != config
-            and dataclasses.replace(saved, lambdas=config.lambdas) == config
+            and config.latent_channels >= saved.latent_channels
+            and dataclasses.replace(saved, lambdas=config.lambdas, latent_channels=config.latent_channels) == config
         )
-        if saved != config and not relevelled:
+        if saved != config and not reshaped:
             raise TrainingError(f"{ckpt_path} was trained as another model: {state['config']}")
-        if relevelled:
+        if reshaped and saved.lambdas != config.lambdas:
             regain_levels(state["model"], saved.lambdas, config.lambdas)
             log(f"rate levels changed from {len(saved.lambdas)} to {config.levels}: gains re-fitted, optimiser reset")
+        if reshaped and saved.latent_channels != config.latent_channels:
+            widen_latent(state["model"], dataclasses.replace(saved, lambdas=config.lambdas), config, opts.seed)
+            widened_from = saved.latent_channels
+            log(f"latent widened from {saved.latent_channels} to {config.latent_channels} channels, optimiser reset")
         model.load_state_dict(state["model"])
-        if not relevelled:
+        if not reshaped:
             try:
                 optimizer.load_state_dict(state["optimizer"])
             except ValueError:  # another set of parameters trains now (--freeze-transforms on or off)
                 log("the trained parameters changed: optimiser reset")
         step, minutes_before = state["step"], state["minutes"]
-        schedule_start = step if (opts.new_schedule or relevelled) else state.get("schedule_start", 0)
+        rate_ramp = RateRamp(**state["rate_ramp"]) if state.get("rate_ramp") else None
+        if widened_from:
+            rate_ramp = RateRamp(widened_from, step, RATE_RAMP_STEPS)
+        schedule_start = step if (opts.new_schedule or reshaped) else state.get("schedule_start", 0)
         rng.bit_generator.state = state["numpy_rng"]
         torch.set_rng_state(state["torch_rng"])
         log(f"resumed from {ckpt_path} at step {step} ({minutes_before:.1f} min), schedule from step {schedule_start}")
@@ -367,6 +482,8 @@ def train(opts: TrainOptions, log=print, progress=None) -> Path:
 
     images = load_training_images(opts.data_root, opts.crop)
     holdout = load_holdout(opts.data_root)
+    if widened_from:
+        calibrate_new_channels(model, random_batch(images, 8, opts.crop, np.random.default_rng(opts.seed)), widened_from)
     log(f"{len(images)} training images, {sum(p.numel() for p in model.parameters()):,} parameters, device {device}")
     curve_path = opts.out_dir / "curve.csv"
     _upgrade_curve(curve_path, saved_lambdas)
@@ -386,6 +503,7 @@ def train(opts: TrainOptions, log=print, progress=None) -> Path:
                 "optimizer": optimizer.state_dict(),
                 "step": step,
                 "schedule_start": schedule_start,
+                "rate_ramp": dataclasses.asdict(rate_ramp) if rate_ramp else None,
                 "minutes": minutes_before + (time.time() - start) / 60,
                 "numpy_rng": rng.bit_generator.state,
                 "torch_rng": torch.get_rng_state(),
@@ -409,7 +527,10 @@ def train(opts: TrainOptions, log=print, progress=None) -> Path:
         note = arch.maintain(model, x, step, generator)
         if note:
             log(f"step {step}: {note}")
-        loss, bpp, mse = arch.loss(model, x, rng)
+        if rate_ramp and step >= rate_ramp.start + rate_ramp.steps:
+            rate_ramp = None  # every channel pays in full from here on
+        rate_weight = rate_ramp.weights(step, config.latent_channels).to(device) if rate_ramp else None
+        loss, bpp, mse = arch.loss(model, x, rng, rate_weight)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, opts.clip)
