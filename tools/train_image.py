@@ -423,7 +423,9 @@ def train(opts: TrainOptions, log=print, progress=None) -> Path:
     if isinstance(config, HyperpriorConfig):
         # A widened run goes on at its width without repeating --latent-channels.
         saved_m = state["config"].get("latent_channels", 0) if state else 0
-        config = dataclasses.replace(config, latent_channels=opts.latent_channels or max(saved_m, config.latent_channels))
+        config = dataclasses.replace(
+            config, latent_channels=opts.latent_channels or max(saved_m, config.latent_channels)
+        )
     elif opts.latent_channels:
         raise TrainingError("--latent-channels applies to the hyperprior-gmm model only")
     model = arch.build(config).to(device)
@@ -483,7 +485,9 @@ def train(opts: TrainOptions, log=print, progress=None) -> Path:
     images = load_training_images(opts.data_root, opts.crop)
     holdout = load_holdout(opts.data_root)
     if widened_from:
-        calibrate_new_channels(model, random_batch(images, 8, opts.crop, np.random.default_rng(opts.seed)), widened_from)
+        calibrate_new_channels(
+            model, random_batch(images, 8, opts.crop, np.random.default_rng(opts.seed)), widened_from
+        )
     log(f"{len(images)} training images, {sum(p.numel() for p in model.parameters()):,} parameters, device {device}")
     curve_path = opts.out_dir / "curve.csv"
     _upgrade_curve(curve_path, saved_lambdas)
