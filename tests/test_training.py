@@ -209,6 +209,20 @@ def test_a_vq_run_can_start_from_the_hyperprior_transforms(tmp_path):
         load_transforms(wider, tmp_path / "gmm.pt")
 
 
+def test_a_new_run_takes_the_widths_of_the_transforms_it_starts_from(tmp_path):
+    from codec.models.vq_image import VQImageConfig
+
+    _fake_data(tmp_path / "data")
+    wide = HyperpriorConfig(channels=8, latent_channels=16, hyper_channels=8, lambdas=(0.01,))
+    gmm = TrainOptions(data_root=tmp_path / "data", out_dir=tmp_path / "gmm", steps=1, batch=2, crop=128,
+                       eval_every=1, config=wide)  # fmt: skip
+    source = train(gmm, log=lambda m: None)
+    vq = TrainOptions(data_root=tmp_path / "data", out_dir=tmp_path / "vq", steps=1, batch=2, crop=128, eval_every=1,
+                      arch="vq", config=VQImageConfig(levels=2, codebooks=2, entries=8), init_from=source)  # fmt: skip
+    state = torch.load(train(vq, log=lambda m: None), weights_only=False)
+    assert (state["config"]["channels"], state["config"]["latent_channels"]) == (8, 16)
+
+
 def test_frozen_transforms_stay_put_while_the_codebooks_learn(tmp_path):
     from codec.models.vq_image import VQImageConfig
 

@@ -420,6 +420,12 @@ def train(opts: TrainOptions, log=print, progress=None) -> Path:
     arch = ARCHITECTURES[opts.arch]
     state = torch.load(ckpt_path, map_location=device, weights_only=False) if ckpt_path.exists() else None
     config = opts.config or arch.config_type()
+    if state is None and opts.init_from:
+        # A new run takes the widths of the transforms it starts from (e.g. a VQ run
+        # from the shipped hyperprior, whose latent was widened to 192 channels).
+        source = torch.load(opts.init_from, map_location="cpu", weights_only=False).get("config") or {}
+        widths = {k: source[k] for k in ("channels", "latent_channels") if k in source}
+        config = dataclasses.replace(config, **widths)
     if isinstance(config, HyperpriorConfig):
         # A widened run goes on at its width without repeating --latent-channels.
         saved_m = state["config"].get("latent_channels", 0) if state else 0
