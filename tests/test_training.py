@@ -244,3 +244,19 @@ def test_frozen_transforms_stay_put_while_the_codebooks_learn(tmp_path):
     third = torch.load(tmp_path / "vq" / "checkpoint.pt", weights_only=False)["model"]
     assert any("optimiser reset" in m for m in messages)
     assert not torch.equal(second["g_a.0.weight"], third["g_a.0.weight"])
+
+
+def test_exported_weights_replace_their_manifest_entry(tmp_path, monkeypatch):
+    import json
+
+    import tools.export_weights as export_weights
+
+    monkeypatch.setattr(export_weights, "WEIGHTS_DIR", tmp_path)
+    export_weights.update_manifest("m", {"kodak": {"bpp": [1.0]}, "note": "old weights"})
+    export_weights.update_manifest("other", {"kodak": {"bpp": [2.0]}})
+    export_weights.update_manifest("m", {"sha256": "new"}, replace=True)
+    entries = {e["name"]: e for e in json.loads((tmp_path / "manifest.json").read_text())["models"]}
+    assert entries["m"] == {"name": "m", "sha256": "new"}  # no figure of the old weights survives
+    assert entries["other"]["kodak"] == {"bpp": [2.0]}
+    export_weights.update_manifest("m", {"kodak": {"bpp": [3.0]}})  # figures are added to the entry
+    assert json.loads((tmp_path / "manifest.json").read_text())["models"][0]["sha256"] == "new"

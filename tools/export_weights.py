@@ -39,10 +39,17 @@ Z_RADIUS = 48
 TRAINING_DATA = "BSDS500 train+val (300), SUN-Hays80 (80, also at half size); never Kodak"
 
 
-def update_manifest(name: str, fields: dict) -> None:
+def update_manifest(name: str, fields: dict, replace: bool = False) -> None:
+    """Add `fields` to the manifest entry of `name`; `replace` starts the entry afresh.
+
+    New weights replace their entry, so that no figure or note measured on
+    the previous weights survives next to the new sha256.
+    """
     path = WEIGHTS_DIR / "manifest.json"
     doc = json.loads(path.read_text()) if path.exists() else {"models": []}
     entries = {e["name"]: e for e in doc["models"]}
+    if replace:
+        entries.pop(name, None)
     entries.setdefault(name, {"name": name}).update(fields)
     doc["models"] = sorted(entries.values(), key=lambda e: e["name"])
     atomic_write(path, (json.dumps(doc, indent=2) + "\n").encode(), force=True)
@@ -67,6 +74,7 @@ def _ship(name: str, shipped: dict, model: torch.nn.Module, state: dict, fields:
             "training_minutes": round(float(state["minutes"]), 1),
         }
         | fields,
+        replace=True,
     )
     return out
 
