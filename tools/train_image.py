@@ -211,10 +211,11 @@ def widen_latent(state: dict[str, torch.Tensor], old: HyperpriorConfig, new: Hyp
 
     Why: with M = 96 even the *unrounded* latent of the session-2 model
     decoded the evaluation photos to only 32.6 dB, so its high rate levels
-    saturated however many bits they spent; more latent channels lift that ceiling.  The trained model is
-    kept (its function changes only a little) and the new channels start so
-    that they can learn:
-    - analysis: new output filters with PyTorch's default (random) scale, bias 0;
+    saturated however many bits they spent; more latent channels lift that
+    ceiling. The trained model is kept (its function changes only a little)
+    and the new channels start so that they can learn:
+    - analysis: new random output filters, bias 0 (`train` then rescales
+      them on real photos with `calibrate_new_channels`);
     - synthesis: new input filters small (a tenth of the default scale), not
       zero: with zero filters, rounding and the straight-through estimator
       would leave both sides of a new channel without gradient;
