@@ -260,3 +260,32 @@ def test_exported_weights_replace_their_manifest_entry(tmp_path, monkeypatch):
     assert entries["other"]["kodak"] == {"bpp": [2.0]}
     export_weights.update_manifest("m", {"kodak": {"bpp": [3.0]}})  # figures are added to the entry
     assert json.loads((tmp_path / "manifest.json").read_text())["models"][0]["sha256"] == "new"
+
+
+def test_a_committed_checkpoint_drops_the_optimiser_and_still_resumes(tmp_path, monkeypatch):
+    import dataclasses
+
+    import tools.train_image as train_image
+
+    _fake_data(tmp_path / "data")
+    small = HyperpriorConfig(channels=8, latent_channels=8, hyper_channels=8, lambdas=(0.01,))
+    opts = TrainOptions(data_root=tmp_path / "data", out_dir=tmp_path / "run", steps=1, batch=2, crop=128,
+                        eval_every=1, config=small)  # fmt: skip
+    full = train(opts, log=lambda m: None)
+    monkeypatch.setattr(train_image, "COMMITTED", tmp_path / "committed")
+    (tmp_path / "committed").mkdir()
+    out = train_image.commit_checkpoint(full, "hyperprior-gmm")
+    slim = torch.load(out, weights_only=False)
+    assert slim["optimizer"] is None and slim["step"] == 1
+    assert out.stat().st_size < full.stat().st_size
+    assert (tmp_path / "committed" / "hyperprior-gmm-curve.csv").read_bytes() == (
+        tmp_path / "run" / "curve.csv"
+    ).read_bytes()
+
+    resumed = tmp_path / "resumed"
+    resumed.mkdir()
+    train_image.seed_from_committed(resumed, "hyperprior-gmm", lambda m: None)
+    messages = []
+    train(dataclasses.replace(opts, out_dir=resumed, steps=2), log=messages.append)
+    assert any("no optimiser state" in m for m in messages)
+    assert torch.load(resumed / "checkpoint.pt", weights_only=False)["optimizer"] is not None

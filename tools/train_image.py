@@ -323,6 +323,25 @@ def calibrate_new_channels(model: HyperpriorGMM, x: torch.Tensor, first: int) ->
 COMMITTED = Path(__file__).resolve().parents[1] / "weights" / "training"
 
 
+def commit_checkpoint(run_checkpoint: Path, arch: str) -> Path:
+    """Copy a run's checkpoint to weights/training/ without its optimiser state.
+
+    Adam's two moment buffers are twice the model's size (38 MB for the
+    192-channel hyperprior, over the repository's 30 MB limit per file);
+    without them the committed file is the model, step, schedule and random
+    state, and a resumed run restarts Adam (best with --new-schedule, whose
+    warm-up absorbs that).
+    """
+    state = torch.load(run_checkpoint, map_location="cpu", weights_only=False)
+    state["optimizer"] = None
+    out = COMMITTED / f"{arch}-checkpoint.pt"
+    _atomic_save(state, out)
+    curve = run_checkpoint.parent / "curve.csv"
+    if curve.exists():
+        atomic_write(COMMITTED / f"{arch}-curve.csv", curve.read_bytes(), force=True)
+    return out
+
+
 def seed_from_committed(out_dir: Path, arch: str, log=print) -> None:
     """Start a new run folder from the committed checkpoint (and curve) of `arch`, if there is one.
 
@@ -471,7 +490,9 @@ def train(opts: TrainOptions, log=print, progress=None) -> Path:
             widened_from = saved.latent_channels
             log(f"latent widened from {saved.latent_channels} to {config.latent_channels} channels, optimiser reset")
         model.load_state_dict(state["model"])
-        if not reshaped:
+        if not reshaped and state.get("optimizer") is None:
+            log("the checkpoint has no optimiser state (a committed one): Adam starts afresh")
+        elif not reshaped:
             try:
                 optimizer.load_state_dict(state["optimizer"])
             except ValueError:  # another set of parameters trains now (--freeze-transforms on or off)
@@ -578,3 +599,11 @@ def train(opts: TrainOptions, log=print, progress=None) -> Path:
     curve.close()
     log(f"checkpoint {ckpt_path} at step {step}")
     return ckpt_path
+
+
+if __name__ == "__main__":  # python -m tools.train_image RUN_DIR [ARCH]: commit a run's checkpoint and curve
+    import sys
+
+    print(
+        commit_checkpoint(Path(sys.argv[1]) / "checkpoint.pt", sys.argv[2] if len(sys.argv) > 2 else "hyperprior-gmm")
+    )
