@@ -86,18 +86,23 @@ def test_a_new_run_continues_from_the_committed_checkpoint(tmp_path, monkeypatch
     assert (run / "checkpoint.pt").read_bytes() == b"newer"
 
 
+def _two_level_run(tmp_path: Path) -> tuple[HyperpriorConfig, TrainOptions, dict]:
+    """A tiny two-level hyperprior trained 2 steps: (config, options, model state)."""
+    _fake_data(tmp_path / "data")
+    small = HyperpriorConfig(channels=8, latent_channels=8, hyper_channels=8, lambdas=(0.01, 0.04))
+    opts = TrainOptions(data_root=tmp_path / "data", out_dir=tmp_path / "run", steps=2, batch=2, crop=128,
+                        eval_every=2, config=small, warmup=2)  # fmt: skip
+    train(opts, log=lambda m: None)
+    return small, opts, torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=False)["model"]
+
+
 def test_new_rate_levels_keep_the_trained_gains_and_restart_the_schedule(tmp_path):
     import csv
     import dataclasses
 
     from tools.train_image import learning_rate, regain_levels
 
-    _fake_data(tmp_path / "data")
-    small = HyperpriorConfig(channels=8, latent_channels=8, hyper_channels=8, lambdas=(0.01, 0.04))
-    opts = TrainOptions(data_root=tmp_path / "data", out_dir=tmp_path / "run", steps=2, batch=2, crop=128,
-                        eval_every=2, config=small, warmup=2)  # fmt: skip
-    train(opts, log=lambda m: None)
-    before = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=False)["model"]
+    small, opts, before = _two_level_run(tmp_path)
 
     # the pure re-fit: old levels reproduced exactly, a new level halfway in log-lambda is the mean
     state = {k: before[k].clone() for k in ("log_gain", "log_inverse_gain")}
@@ -130,12 +135,7 @@ def test_a_wider_latent_keeps_what_the_model_learned_and_trains_on_at_its_width(
     from codec.models.hyperprior import HyperpriorGMM
     from tools.train_image import RATE_RAMP_STEPS, widen_latent
 
-    _fake_data(tmp_path / "data")
-    small = HyperpriorConfig(channels=8, latent_channels=8, hyper_channels=8, lambdas=(0.01, 0.04))
-    opts = TrainOptions(data_root=tmp_path / "data", out_dir=tmp_path / "run", steps=2, batch=2, crop=128,
-                        eval_every=2, config=small, warmup=2)  # fmt: skip
-    train(opts, log=lambda m: None)
-    trained = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=False)["model"]
+    small, opts, trained = _two_level_run(tmp_path)
 
     # the pure widening: z and the old channels' mixtures are untouched, the image barely moves
     wide = dataclasses.replace(small, latent_channels=12)
