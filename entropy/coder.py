@@ -86,7 +86,9 @@ def _split_parameters(weights, means, scales) -> tuple[np.ndarray, np.ndarray, n
     if weights is None:
         weights = np.ones_like(means)
     weights = np.asarray(weights, dtype=np.float64).reshape(means.shape)
-    return np.ascontiguousarray(weights), np.ascontiguousarray(means), np.ascontiguousarray(scales)
+    # Strided views (e.g. a network's (K, n) output seen as (n, K)) are read in place: numba's
+    # kernels take any layout, and copying them cost 2 ms per array on a Kodak image.
+    return weights, means, scales
 
 
 class _ParametricPlan:
@@ -107,22 +109,26 @@ class _ParametricPlan:
         )
         self.n = self.means.shape[0]
 
-    def blocks(self):
-        """(positions, probability table) per block; the escape is the table's last column.
+    def chunks(self):
+        """(rows, escape column of each row, probability tables of its blocks) per chunk.
 
         Within each run of CHUNK_SYMBOLS neighbouring symbols, symbols are
-        grouped by window width (a stable sort: deterministic), so each
-        block's table is barely wider than its symbols need, while the
-        parameters read stay in cache. The tables of a whole chunk are
-        filled by one parallel kernel call.
+        grouped by window width (a stable sort: deterministic) into blocks of
+        BLOCK_SYMBOLS rows, so each block's table is barely wider than its
+        symbols need, while the parameters read stay in cache. The tables of
+        a whole chunk are filled by one parallel kernel call; the escape is
+        each table's last column. Callers handle a chunk's symbols with one
+        vectorised step and only call the coder per block.
         """
         for start in range(0, self.n, CHUNK_SYMBOLS):
-            rows = start + np.argsort(self.width[start : start + CHUNK_SYMBOLS], kind="stable")
+            order = np.argsort(self.width[start : start + CHUNK_SYMBOLS], kind="stable")
+            rows = start + order
+            slots = np.empty_like(order)  # the row of each symbol of the chunk
+            slots[order] = np.arange(order.size)
             firsts = np.arange(0, rows.size, BLOCK_SYMBOLS)
-            lasts = np.minimum(firsts + BLOCK_SYMBOLS, rows.size)
-            columns = self.width[rows[lasts - 1]].astype(np.int64)  # sorted: the last row is the widest
-            sizes = (lasts - firsts) * (columns + 1)
-            offsets = np.concatenate([[0], np.cumsum(sizes)])
+            counts = np.minimum(firsts + BLOCK_SYMBOLS, rows.size) - firsts
+            columns = self.width[rows[firsts + counts - 1]].astype(np.int64)  # sorted: the last row is the widest
+            offsets = np.concatenate([[0], np.cumsum(counts * (columns + 1))])
             flat = np.empty(int(offsets[-1]), np.float32)  # halves the memory traffic; rounding is deterministic
             tables.fill_probabilities(
                 self.family.cdf,
@@ -134,15 +140,15 @@ class _ParametricPlan:
                 tables.INVERSE_SCALE_GRID,
                 self.lo,
                 self.width,
-                rows,
+                start,
+                slots,
                 BLOCK_SYMBOLS,
                 columns,
                 offsets,
                 flat,
             )
-            for b in range(firsts.size):
-                table = flat[offsets[b] : offsets[b + 1]].reshape(lasts[b] - firsts[b], columns[b] + 1)
-                yield rows[firsts[b] : lasts[b]], table
+            blocks = [flat[offsets[b] : offsets[b + 1]].reshape(counts[b], columns[b] + 1) for b in range(firsts.size)]
+            yield rows, np.repeat(columns, counts), blocks
 
 
 class Encoder:
@@ -170,12 +176,15 @@ class Encoder:
         if plan.n != s.size:
             raise ValueError(f"{s.size} symbols but {plan.n} parameter sets")
         escapes = []
-        for pos, probs in plan.blocks():
-            offset = s[pos].astype(np.int64) - plan.lo[pos]
-            escaped = (offset < 0) | (offset >= plan.width[pos])
-            idx = np.where(escaped, probs.shape[1] - 1, offset).astype(np.int32)
-            self._coder.encode(idx, _PER_SYMBOL_TABLE, probs)
-            escapes.append(s[pos][escaped])
+        for rows, escape, blocks in plan.chunks():
+            offset = s[rows].astype(np.int64) - plan.lo[rows]
+            escaped = (offset < 0) | (offset >= plan.width[rows])
+            idx = np.where(escaped, escape, offset).astype(np.int32)
+            first = 0
+            for probs in blocks:
+                self._coder.encode(idx[first : first + probs.shape[0]], _PER_SYMBOL_TABLE, probs)
+                first += probs.shape[0]
+            escapes.append(s[rows][escaped])
         self._escape_payload(np.concatenate(escapes) if escapes else np.empty(0, np.int32))
 
     def gaussian(self, symbols: np.ndarray, means: np.ndarray, scales: np.ndarray) -> None:
@@ -226,11 +235,10 @@ class Decoder:
         plan = _ParametricPlan(family, weights, means, scales)
         out = np.empty(plan.n, np.int32)
         escaped_positions = []
-        for pos, probs in plan.blocks():
-            idx = self._decode(_PER_SYMBOL_TABLE, probs)
-            escaped = idx == probs.shape[1] - 1
-            out[pos] = (plan.lo[pos] + idx).astype(np.int32)
-            escaped_positions.append(pos[escaped])
+        for rows, escape, blocks in plan.chunks():
+            idx = np.concatenate([self._decode(_PER_SYMBOL_TABLE, probs) for probs in blocks])
+            out[rows] = (plan.lo[rows] + idx).astype(np.int32)
+            escaped_positions.append(rows[idx == escape])
         where = np.concatenate(escaped_positions) if escaped_positions else np.empty(0, np.int64)
         out[where] = self._escape_payload(where.size)
         return out

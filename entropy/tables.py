@@ -197,7 +197,8 @@ def fill_probabilities(
     inverse_scale_grid,
     lo,
     width,
-    rows,
+    first_symbol,
+    slots,
     block_rows,
     block_columns,
     block_offsets,
@@ -205,16 +206,20 @@ def fill_probabilities(
 ):
     """Probability tables of many blocks at once, into one flat buffer.
 
-    Row r of the chunk is symbol i = rows[r]; it belongs to block
-    b = r // block_rows, whose table has block_columns[b] + 1 columns and
-    starts at out[block_offsets[b]]. Entry j < width[i] is P(lo[i] + j);
-    the last entry is the mass outside the window (the escape). Entries in
-    between stay 0 (the coder still gives them its minimum probability).
+    Symbol i = first_symbol + p of the chunk gets row r = slots[p]; the row
+    belongs to block b = r // block_rows, whose table has block_columns[b] + 1
+    columns and starts at out[block_offsets[b]]. Entry j < width[i] is
+    P(lo[i] + j); the last entry is the mass outside the window (the escape).
+    Entries in between stay 0 (the coder still gives them its minimum
+    probability). Symbols are visited in their own order, so the parameters
+    are read sequentially and only the rows are scattered: 1.2x faster on one
+    thread and 1.5x on two than visiting the rows in order (measured, session 4).
     """
     k = means.shape[1]
     last = cdf.shape[0] - 1
-    for r in numba.prange(rows.shape[0]):
-        i = rows[r]
+    for p in numba.prange(slots.shape[0]):
+        i = first_symbol + np.int64(p)  # (prange's index is unsigned; keep integer arithmetic)
+        r = slots[p]
         b = r // block_rows
         columns = block_columns[b]
         start = block_offsets[b] + (r - b * block_rows) * (columns + 1)

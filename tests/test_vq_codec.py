@@ -148,8 +148,8 @@ def test_any_size_and_grey_round_trip(tiny_codec, sample_pixels, shape):
 
 
 def test_the_shipped_vq_codec_codes_the_sample(sample_pixels):
-    from codec.registry import get_codec
     from codec.media import psnr
+    from codec.registry import get_codec
 
     codec = get_codec("vq-mcq")
     picture = Picture.from_array(sample_pixels)

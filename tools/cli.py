@@ -138,6 +138,12 @@ def train() -> None:
     default=0,
     help="hyperprior-gmm latent width M (0: the model's); above the checkpoint's, the trained model is widened.",
 )
+@click.option(
+    "--compile",
+    "compile_model",
+    is_flag=True,
+    help="torch.compile the training step: about a minute to compile, then ~20% faster steps on a CPU.",
+)
 @click.option("--export", is_flag=True, help="Afterwards, export the checkpoint as the shipped weights.")
 @friendly_errors
 def train_image(
@@ -155,6 +161,7 @@ def train_image(
     init_from,
     freeze_transforms,
     latent_channels,
+    compile_model,
     export,
 ) -> None:
     """Train an image model (resumes from --out/checkpoint.pt)."""
@@ -179,6 +186,7 @@ def train_image(
         init_from=init_from,
         freeze_transforms=freeze_transforms,
         latent_channels=latent_channels,
+        compile=compile_model,
     )
     out_dir.mkdir(parents=True, exist_ok=True)
     seed_from_committed(out_dir, arch, log=lambda m: click.echo(m, err=True))

@@ -405,6 +405,7 @@ class TrainOptions:
     init_from: Path | None = None  # a new run starts its transforms (g_a, g_s) from these weights
     freeze_transforms: bool = False  # train everything but g_a and g_s (e.g. VQ codebooks on trained transforms)
     latent_channels: int = 0  # hyperprior M (0: the config's); more than the checkpoint's widens it
+    compile: bool = False  # torch.compile the training forward pass (about a minute to compile, then faster)
 
 
 def load_transforms(model: torch.nn.Module, weights: Path) -> int:
@@ -531,7 +532,7 @@ def train(opts: TrainOptions, log=print, progress=None) -> Path:
             {
                 "arch": arch.name,
                 "config": dataclasses.asdict(config),
-                "model": model.state_dict(),
+                "model": {k: v.contiguous() for k, v in model.state_dict().items()},
                 "optimizer": optimizer.state_dict(),
                 "step": step,
                 "schedule_start": schedule_start,
@@ -549,20 +550,31 @@ def train(opts: TrainOptions, log=print, progress=None) -> Path:
     }
     if step >= opts.steps:
         log(f"already at step {step}, not below --steps {opts.steps}: nothing to train (raise --steps to go on)")
+    # Measured (session 4, batch 4 x 256^2, 2 threads): 447 ms a step; channels-last
+    # (oneDNN's convolutions prefer NHWC) 387 ms; compiled as well 357 ms.
+    model.to(memory_format=torch.channels_last)
+    forward_model = torch.compile(model) if opts.compile else model
     start = last_save = time.time()
     running = None
     model.train()
     while step < opts.steps:
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(step - schedule_start, opts.lr, opts.warmup, opts.steps - schedule_start)
-        x = random_batch(images, opts.batch, opts.crop, rng).to(device)
+        x = random_batch(images, opts.batch, opts.crop, rng).to(device).contiguous(memory_format=torch.channels_last)
         note = arch.maintain(model, x, step, generator)
         if note:
             log(f"step {step}: {note}")
         if rate_ramp and step >= rate_ramp.start + rate_ramp.steps:
             rate_ramp = None  # every channel pays in full from here on
         rate_weight = rate_ramp.weights(step, config.latent_channels).to(device) if rate_ramp else None
-        loss, bpp, mse = arch.loss(model, x, rng, rate_weight)
+        try:
+            loss, bpp, mse = arch.loss(forward_model, x, rng, rate_weight)
+        except torch._dynamo.exc.TorchDynamoException as exc:  # compiling fails at the first call, e.g. no C++ compiler
+            if forward_model is model:
+                raise
+            log(f"torch.compile failed ({type(exc).__name__}): training without it")
+            forward_model = model
+            loss, bpp, mse = arch.loss(model, x, rng, rate_weight)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, opts.clip)
