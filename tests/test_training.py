@@ -316,3 +316,29 @@ def test_a_compiled_run_saves_plain_weights_and_falls_back_without_a_compiler(tm
     # Trained channels-last, saved in the default layout under the model's own names.
     assert all(v.is_contiguous() for v in state["model"].values())
     assert not any(k.startswith("_orig_mod") for k in state["model"])
+
+
+def test_a_mirrored_run_keeps_each_checkpoint_without_adam(tmp_path):
+    _fake_data(tmp_path / "data")
+    small = HyperpriorConfig(channels=8, latent_channels=8, hyper_channels=8, lambdas=(0.01, 0.05))
+    opts = TrainOptions(data_root=tmp_path / "data", out_dir=tmp_path / "run", steps=1, batch=2, crop=128,
+                        eval_every=1, config=small, mirror=tmp_path / "out")  # fmt: skip
+    train(opts, log=lambda m: None)
+    mirrored = torch.load(tmp_path / "out" / "checkpoint.pt", weights_only=False)
+    assert mirrored["step"] == 1 and mirrored["optimizer"] is None
+    assert (tmp_path / "out" / "curve.csv").read_text() == (tmp_path / "run" / "curve.csv").read_text()
+
+
+def test_the_device_pack_is_readable_training_data_with_a_lossless_holdout(tmp_path):
+    from tools.device_kit import pack_photos
+    from tools.train_image import load_holdout, load_training_images
+
+    _fake_data(tmp_path / "data")
+    noise = np.random.default_rng(1).integers(0, 256, (300, 300, 3), dtype=np.uint8)
+    Image.fromarray(noise).save(tmp_path / "data" / TRAIN_DIRS[0] / "noise.jpg", quality=50)
+    assert pack_photos(tmp_path / "data", tmp_path / "pack") > 0
+    packed = sorted(p.name for p in (tmp_path / "pack" / "data" / TRAIN_DIRS[0]).iterdir())
+    assert packed == ["0.webp", "1.webp", "2.webp", "3.webp", "noise.jpg"]  # a JPEG smaller than its WebP stays
+    packed_images = load_training_images(tmp_path / "pack" / "data", 128)
+    assert len(packed_images) == len(load_training_images(tmp_path / "data", 128))
+    assert torch.equal(load_holdout(tmp_path / "pack" / "data"), load_holdout(tmp_path / "data"))

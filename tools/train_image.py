@@ -44,7 +44,7 @@ class TrainingError(VqzError, ValueError):
 
 
 HOLDOUT_DIR = "bsds500/test"
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg"}
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp"}  # WebP: the pack carried to a GPU (tools/device_kit.py)
 
 
 def _image_files(folder: Path) -> list[Path]:
@@ -323,6 +323,11 @@ def calibrate_new_channels(model: HyperpriorGMM, x: torch.Tensor, first: int) ->
 COMMITTED = Path(__file__).resolve().parents[1] / "weights" / "training"
 
 
+def without_optimiser(state: dict) -> dict:
+    """A checkpoint without Adam's moments (a third of the size), its tensors on the CPU."""
+    return state | {"optimizer": None, "model": {k: v.cpu() for k, v in state["model"].items()}}
+
+
 def commit_checkpoint(run_checkpoint: Path, arch: str) -> Path:
     """Copy a run's checkpoint to weights/training/ without its optimiser state.
 
@@ -333,9 +338,8 @@ def commit_checkpoint(run_checkpoint: Path, arch: str) -> Path:
     warm-up absorbs that).
     """
     state = torch.load(run_checkpoint, map_location="cpu", weights_only=False)
-    state["optimizer"] = None
     out = COMMITTED / f"{arch}-checkpoint.pt"
-    _atomic_save(state, out)
+    _atomic_save(without_optimiser(state), out)
     curve = run_checkpoint.parent / "curve.csv"
     if curve.exists():
         atomic_write(COMMITTED / f"{arch}-curve.csv", curve.read_bytes(), force=True)
@@ -406,6 +410,7 @@ class TrainOptions:
     freeze_transforms: bool = False  # train everything but g_a and g_s (e.g. VQ codebooks on trained transforms)
     latent_channels: int = 0  # hyperprior M (0: the config's); more than the checkpoint's widens it
     compile: bool = False  # torch.compile the training forward pass (about a minute to compile, then faster)
+    mirror: Path | None = None  # also keep each checkpoint (without Adam's state) and the curve here ($OUT on a GPU)
 
 
 def load_transforms(model: torch.nn.Module, weights: Path) -> int:
@@ -528,21 +533,24 @@ def train(opts: TrainOptions, log=print, progress=None) -> Path:
     lambdas = getattr(config, "lambdas", ())
 
     def save() -> None:
-        _atomic_save(
-            {
-                "arch": arch.name,
-                "config": dataclasses.asdict(config),
-                "model": {k: v.contiguous() for k, v in model.state_dict().items()},
-                "optimizer": optimizer.state_dict(),
-                "step": step,
-                "schedule_start": schedule_start,
-                "rate_ramp": dataclasses.asdict(rate_ramp) if rate_ramp else None,
-                "minutes": minutes_before + (time.time() - start) / 60,
-                "numpy_rng": rng.bit_generator.state,
-                "torch_rng": torch.get_rng_state(),
-            },
-            ckpt_path,
-        )
+        state = {
+            "arch": arch.name,
+            "config": dataclasses.asdict(config),
+            "model": {k: v.contiguous() for k, v in model.state_dict().items()},
+            "optimizer": optimizer.state_dict(),
+            "step": step,
+            "schedule_start": schedule_start,
+            "rate_ramp": dataclasses.asdict(rate_ramp) if rate_ramp else None,
+            "minutes": minutes_before + (time.time() - start) / 60,
+            "numpy_rng": rng.bit_generator.state,
+            "torch_rng": torch.get_rng_state(),
+        }
+        _atomic_save(state, ckpt_path)
+        if opts.mirror:
+            opts.mirror.mkdir(parents=True, exist_ok=True)
+            _atomic_save(without_optimiser(state), opts.mirror / "checkpoint.pt")
+            curve.flush()
+            atomic_write(opts.mirror / "curve.csv", curve_path.read_bytes(), force=True)
 
     stop = []  # SIGTERM / SIGINT: finish the step, write a checkpoint, return
     previous_handlers = {
