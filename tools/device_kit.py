@@ -9,7 +9,7 @@ made in one call:
 
     python -m tools.device_kit pack                  # here: .device/ (git-ignored)
     python -m tools.device_kit train --device cpu --minutes 1 --mirror /tmp/out   # rehearsal, here
-    device run: bash tools/device_train.sh 9        carry [".device"], timeout_s 600
+    device run: bash tools/device_train.sh 8.5      carry [".device"], timeout_s 600
     back here:  mkdir -p runs/device && cp <files_at>/* runs/device/
                 python -m tools.train_image runs/device   # commit, then export and evaluate as usual
 
@@ -119,7 +119,12 @@ def pack(data_root: Path) -> None:
 
 
 @cli.command(name="train")
-@click.option("--minutes", default=9.0, show_default=True, help="Wall-clock budget of the whole run.")
+@click.option(
+    "--minutes",
+    default=8.5,
+    show_default=True,
+    help="Wall-clock budget of the training (the wheels install before it).",
+)
 @click.option("--device", default="cuda", show_default=True)
 @click.option("--out-dir", type=click.Path(path_type=Path), default=Path("/tmp/vqz-run"), show_default=True)
 @click.option("--mirror", type=click.Path(path_type=Path), required=True, help="Where checkpoints go back ($OUT).")

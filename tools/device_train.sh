@@ -6,7 +6,7 @@
 # the committed hyperprior-gmm checkpoint on CUDA for about MINUTES, mirroring
 # each checkpoint (without Adam's state) and the learning curve into $OUT.
 set -euo pipefail
-MINUTES=${1:-9}
+MINUTES=${1:-8.5}
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .device/whl/*.whl
 export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
 python3 -c "import torch, compressai, constriction, codec.models.hyperprior, tools.train_image; assert torch.cuda.is_available(), 'no CUDA'; print(torch.__version__, torch.cuda.get_device_name())"
