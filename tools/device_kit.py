@@ -30,6 +30,7 @@ from importlib import metadata
 from pathlib import Path
 
 import click
+import torch
 from PIL import Image
 
 from codec.fileio import atomic_write
@@ -169,8 +170,6 @@ def train_command(minutes: float, device: str, out_dir: Path, mirror: Path, batc
 
 
 def _checkpoint_step(out_dir: Path) -> int:
-    import torch
-
     path = out_dir / "checkpoint.pt"
     return int(torch.load(path, map_location="cpu", weights_only=False)["step"]) if path.exists() else 0
 
