@@ -35,7 +35,7 @@ from PIL import Image
 
 from codec.fileio import atomic_write
 from tools.options import data_root_option
-from tools.train_image import HOLDOUT_DIR, TRAIN_DIRS, TrainOptions, _image_files, seed_from_committed, train
+from tools.train_image import HOLDOUT_DIR, TRAIN_DIRS, TrainOptions, image_files, seed_from_committed, train
 
 ROOT = Path(__file__).resolve().parents[1]
 PACK = ROOT / ".device"
@@ -61,8 +61,8 @@ def _packed(path: Path, lossless: bool) -> tuple[str, bytes]:
 def pack_photos(data_root: Path, pack: Path) -> int:
     """The training photos and the hold-out photos (lossless) under pack/data; returns their bytes."""
     total = 0
-    for sub, files, lossless in [(d, _image_files(data_root / d), False) for d in TRAIN_DIRS] + [
-        (HOLDOUT_DIR, _image_files(data_root / HOLDOUT_DIR)[:HOLDOUT_COUNT], True)
+    for sub, files, lossless in [(d, image_files(data_root / d), False) for d in TRAIN_DIRS] + [
+        (HOLDOUT_DIR, image_files(data_root / HOLDOUT_DIR)[:HOLDOUT_COUNT], True)
     ]:
         (pack / "data" / sub).mkdir(parents=True, exist_ok=True)
         for path in files:

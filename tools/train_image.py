@@ -47,7 +47,7 @@ HOLDOUT_DIR = "bsds500/test"
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp"}  # WebP: the pack carried to a GPU (tools/device_kit.py)
 
 
-def _image_files(folder: Path) -> list[Path]:
+def image_files(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
 
 
@@ -55,7 +55,7 @@ def load_training_images(data_root: Path, crop: int) -> list[np.ndarray]:
     """All training photos as HxWx3 uint8 arrays (plus half-size copies of large ones)."""
     images = []
     for sub in TRAIN_DIRS:
-        for path in _image_files(data_root / sub):
+        for path in image_files(data_root / sub):
             with Image.open(path) as im:
                 im = im.convert("RGB")
                 images.append(np.asarray(im))
@@ -70,7 +70,7 @@ def load_training_images(data_root: Path, crop: int) -> list[np.ndarray]:
 def load_holdout(data_root: Path, count: int = 4, size: int = 256) -> torch.Tensor:
     """Centre crops of the first BSDS500 test photos, as a (count,3,size,size) batch."""
     crops = []
-    for path in _image_files(data_root / HOLDOUT_DIR)[:count]:
+    for path in image_files(data_root / HOLDOUT_DIR)[:count]:
         with Image.open(path) as im:
             a = np.asarray(im.convert("RGB"))
         top, left = (a.shape[0] - size) // 2, (a.shape[1] - size) // 2
