@@ -7,6 +7,10 @@ Decode mirrors it; the decoder rebuilds the tables from the decoded
 hyper-latent with the same CPU float64 network, so a file encoded on a GPU
 decodes on a CPU.
 
+The hyper-synthesis's last convolution runs on integers (``ExactConv2d``,
+parameters stored with the weights as ``hyper_head``): exact in float32, so
+twice as fast as float64 and reproducible on any CPU.
+
 Tiles, batches, codec parameters and pixels are handled by
 ``codec.tiled.TiledImageCodec``. A DATA chunk: length of the hyper-latent stream (u32), that stream
 (one categorical table per hyper-latent channel), then the latent stream
@@ -25,8 +29,10 @@ import numpy as np
 import torch
 
 from codec import weights as shipped
+from codec.models.exact_conv import ExactConv2d, ExactConvError, quantise_conv
 from codec.models.hyperprior import HyperpriorConfig, HyperpriorGMM, frozen
 from codec.tiled import TiledImageCodec
+from codec.weights import WeightsError
 from entropy import CategoricalTable, CorruptStreamError, Decoder, Encoder
 
 CODEC_ID = "hyperprior-gmm"
@@ -51,6 +57,24 @@ def z_frequencies(bottleneck: torch.nn.Module, radius: int) -> np.ndarray:
     return np.maximum(np.floor(pmf * (1 << 16)), 1).astype(np.int64)
 
 
+def hyper_head(model: HyperpriorGMM, crops: torch.Tensor) -> dict:
+    """Integer parameters of the hyper-synthesis's last convolution, calibrated on `crops` at every level.
+
+    The activation range per input channel is the largest magnitude seen
+    over the crops (B, 3, H, W in 0..1) at every quality level; the coder
+    clamps to it (plus a margin), so the crops should be training photos.
+    """
+    head = model.h_s[-1]
+    peak = torch.zeros(head.in_channels, dtype=torch.float64)
+    with torch.no_grad():
+        for level in range(model.config.levels):
+            for x in crops.split(8):
+                _, z = model.analyse(x, torch.full((x.shape[0],), float(level)))
+                a = model.h_s[:-1](torch.round(z)).to(torch.float64)  # the coder's z: rounded
+                peak = torch.maximum(peak, a.abs().amax(dim=(0, 2, 3)))
+    return quantise_conv(head, peak)
+
+
 class HyperpriorCodec(TiledImageCodec):
     codec_id = CODEC_ID
     description = "learned lossy codec, Gaussian-mixture hyperprior, variable rate"
@@ -68,8 +92,12 @@ class HyperpriorCodec(TiledImageCodec):
         freqs = np.asarray(state["z_frequencies"])
         self.z_radius = (freqs.shape[1] - 1) // 2
         self.z_tables = [CategoricalTable(f) for f in freqs]
-        # Everything that feeds a probability table runs here: CPU, float64.
+        # Everything that feeds a probability table runs here: CPU, float64, the last layer on integers.
         self._hyper_synthesis = copy.deepcopy(self.model).double()
+        try:
+            self._hyper_synthesis.h_s[-1] = ExactConv2d(state["hyper_head"])
+        except (KeyError, ExactConvError) as exc:
+            raise WeightsError(f"{CODEC_ID} weights lack a valid integer hyper-synthesis head: {exc}") from None
         self._models: dict[str, HyperpriorGMM] = {"cpu": self.model}
         self._transforms: dict[str, tuple[torch.nn.Module, torch.nn.Module]] = {}
 

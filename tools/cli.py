@@ -200,7 +200,7 @@ def train_image(
         from tools.export_weights import export as export_gmm
         from tools.export_weights import export_vq
 
-        click.echo(f"wrote {export_vq(checkpoint, data_root) if arch == 'vq' else export_gmm(checkpoint)}")
+        click.echo(f"wrote {export_vq(checkpoint, data_root) if arch == 'vq' else export_gmm(checkpoint, data_root)}")
 
 
 @cli.group()

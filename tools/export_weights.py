@@ -2,9 +2,10 @@
 
     python -m tools.export_weights runs/gmm/checkpoint.pt [--name hyperprior-gmm]
 
-Writes weights/<name>.pt (config, float32 state dict, and the integer tables
+Writes weights/<name>.pt (config, float32 state dict, the integer tables
 of the hyper-latent prior, computed here once in float64 so that coders
-never rebuild them) and updates weights/manifest.json with its sha256,
+never rebuild them, and the integer hyper-synthesis head, calibrated on
+training crops) and updates weights/manifest.json with its sha256,
 parameter count, data and steps.
 
     python -m tools.export_weights --figures docs/results/kodak [--name hyperprior-gmm]
@@ -27,7 +28,7 @@ import numpy as np
 import torch
 
 from codec.fileio import atomic_write
-from codec.image_codec import z_frequencies
+from codec.image_codec import hyper_head, z_frequencies
 from codec.models.hyperprior import HyperpriorConfig, HyperpriorGMM
 from codec.models.vq_image import VQImageConfig, VQImageModel
 from codec.vq_codec import codebook_key
@@ -36,6 +37,7 @@ from tools.options import data_root_option
 
 WEIGHTS_DIR = Path(__file__).resolve().parents[1] / "weights"
 Z_RADIUS = 48
+CALIBRATION_CROPS = 64  # training crops that set the integer hyper head's activation ranges (x every level)
 TRAINING_DATA = "BSDS500 train+val (300), SUN-Hays80 (80, also at half size); never Kodak"
 
 
@@ -79,16 +81,25 @@ def _ship(name: str, shipped: dict, model: torch.nn.Module, state: dict, fields:
     return out
 
 
-def export(checkpoint: Path, name: str = "hyperprior-gmm") -> Path:
+def calibration_crops(data_root: Path, count: int = CALIBRATION_CROPS, seed: int = 0) -> torch.Tensor:
+    """`count` random 256x256 crops of the training photos (never Kodak), the same for the same data."""
+    from tools.train_image import load_training_images, random_batch
+
+    return random_batch(load_training_images(data_root, 256), count, 256, np.random.default_rng(seed))
+
+
+def export(checkpoint: Path, data_root: Path, name: str = "hyperprior-gmm") -> Path:
+    """Shipped weights: the float32 model, the hyper-latent's integer tables, and the integer hyper head."""
     state = torch.load(checkpoint, map_location="cpu", weights_only=False)
     config = dict(state["config"])
     config["lambdas"] = tuple(config["lambdas"])
-    model = HyperpriorGMM(HyperpriorConfig(**config))
+    model = HyperpriorGMM(HyperpriorConfig(**config)).eval()
     model.load_state_dict(state["model"])
     shipped = {
         "config": state["config"],
         "model": {k: v.float().contiguous() for k, v in model.state_dict().items()},
         "z_frequencies": torch.from_numpy(z_frequencies(model.entropy_bottleneck, Z_RADIUS)),
+        "hyper_head": hyper_head(model, calibration_crops(data_root)),
     }
     architecture = config | {"lambdas": list(config["lambdas"])}
     return _ship(name, shipped, model, state, {"architecture": architecture})
@@ -219,7 +230,7 @@ def export_vq(
     type=click.Path(exists=True, file_okay=False, path_type=Path),
     help="Instead of exporting: record this Kodak evaluation folder's figures in the manifest.",
 )
-@data_root_option("Training photos (VQ checkpoints: the index tables are counted on them).")
+@data_root_option("Training photos: VQ index tables are counted on them, the hyper head calibrated on them.")
 def main(checkpoint: Path | None, name: str, figures: Path | None, data_root: Path) -> None:
     """Export CHECKPOINT as the shipped weights of NAME (or record its --figures)."""
     if figures:
@@ -227,7 +238,7 @@ def main(checkpoint: Path | None, name: str, figures: Path | None, data_root: Pa
     elif checkpoint and torch.load(checkpoint, map_location="cpu", weights_only=False).get("arch") == "vq":
         click.echo(f"wrote {export_vq(checkpoint, data_root, name or 'vq-mcq')}")
     elif checkpoint:
-        click.echo(f"wrote {export(checkpoint, name or 'hyperprior-gmm')}")
+        click.echo(f"wrote {export(checkpoint, data_root, name or 'hyperprior-gmm')}")
     else:
         raise click.UsageError("give a CHECKPOINT to export, or --figures DIR")
 
