@@ -132,6 +132,7 @@ class _ParametricPlan:
             flat = np.empty(int(offsets[-1]), np.float32)  # halves the memory traffic; rounding is deterministic
             tables.fill_probabilities(
                 self.family.cdf,
+                self.family.pairs,
                 self.family.limit,
                 self.weights,
                 self.means,
