@@ -18,9 +18,10 @@ the decode time. Here it runs on integers instead:
 
 A float32 GEMM is twice as fast as float64 on this machine. The cost is the
 rounding of weights and activations: measured on five Kodak images at
-qualities 1, 4, 7, 11, the files changed by -0.08% to +0.002% (distortion
-is untouched: only the probability tables change). Values beyond the
-calibrated range are clamped: they cost bits, never correctness.
+qualities 1, 4, 7, 11, the files changed by -0.07% to 0.00% (distortion is
+untouched: only the probability tables change; docs/models.md, "Coding").
+Values beyond the calibrated range are clamped: they cost bits, never
+correctness.
 """
 
 from __future__ import annotations
