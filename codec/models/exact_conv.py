@@ -105,8 +105,11 @@ class ExactConv2d(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, _, h, w = x.shape
-        q = torch.clamp(torch.round(x / self.step), -self.levels, self.levels).to(torch.float32)
-        columns = F.unfold(q, self.kernel, padding=self.kernel // 2)  # (B, C*k*k, H*W), zero padding = q 0
-        with _ieee_float32():
-            sums = torch.matmul(self.matrix, columns)  # integers: exact in any summation order
-        return torch.addcmul(self.bias, sums.to(torch.float64), self.out_scale).view(b, -1, h, w)
+        out = torch.empty(b, self.matrix.shape[0], h * w, dtype=torch.float64)
+        for i in range(b):  # one image at a time: the float32 columns and sums of a batch of big tiles are large
+            q = torch.clamp(torch.round(x[i : i + 1] / self.step), -self.levels, self.levels).to(torch.float32)
+            columns = F.unfold(q, self.kernel, padding=self.kernel // 2)[0]  # (C*k*k, H*W), zero padding = q 0
+            with _ieee_float32():
+                sums = torch.matmul(self.matrix, columns)  # integers: exact in any summation order
+            torch.addcmul(self.bias[0], sums.to(torch.float64), self.out_scale[0], out=out[i])
+        return out.view(b, -1, h, w)
