@@ -55,7 +55,7 @@ def quantise_conv(conv: nn.Conv2d, activation_max: torch.Tensor) -> dict:
     scaled = w * reach.view(1, -1, 1, 1)  # weight times its input's range
     row_scale = scaled.abs().amax(dim=(1, 2, 3)).clamp_min(1e-30) / WEIGHT_LIMIT
     w_int = torch.round(scaled / row_scale.view(-1, 1, 1, 1))
-    levels = EXACT_LIMIT // int(w_int.abs().sum(dim=(1, 2, 3)).max().item())
+    levels = EXACT_LIMIT // max(1, int(w_int.abs().sum(dim=(1, 2, 3)).max().item()))
     if levels < 1:
         raise ValueError("the convolution has too many inputs for an exact float32 sum")
     # out_o = sum w a ~ sum (scaled / levels) q = row_scale_o / levels * sum w_int q, with a ~ reach / levels * q
