@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from codec.models.exact_conv import EXACT_LIMIT, ExactConv2d, ExactConvError, quantise_conv
+from codec.models.exact_conv import EXACT_LIMIT, ExactConv2d, ExactConvError, _float32_gemm_is_ieee, quantise_conv
 
 
 def _conv(cin: int, cout: int, seed: int) -> nn.Conv2d:
@@ -47,15 +47,32 @@ def test_exact_in_any_thread_count_and_precision_setting(cin, cout, seed, spread
         torch.set_num_threads(1)
         one = head(x)
         torch.set_num_threads(2)
-        torch.set_float32_matmul_precision("medium")  # a caller's setting must not reach the exact GEMM
         two = head(x)
-        assert torch.get_float32_matmul_precision() == "medium"
+        torch.set_float32_matmul_precision("medium")  # a caller allowing bf16 products must not break exactness
+        assert not _float32_gemm_is_ieee()  # (this CPU may have no bf16 products: check the switch itself too)
+        three = head(x)
+        assert torch.get_float32_matmul_precision() == "medium"  # and the setting is left alone
     finally:
         torch.set_num_threads(before_threads)
         torch.set_float32_matmul_precision(before_precision)
-    assert torch.equal(one, two)
+    assert torch.equal(one, two) and torch.equal(one, three)
     # the float32 sums are exact: the same integers summed in float64 agree to the last bit
     assert torch.allclose(one, _integer_reference(head, x), rtol=0, atol=1e-9 * float(one.abs().max()) + 1e-12)
+
+
+@pytest.mark.skipif(not hasattr(torch.backends.mkldnn, "matmul"), reason="torch before 2.9: no per-backend precision")
+def test_exact_under_the_newer_precision_switch():
+    head = ExactConv2d(quantise_conv(_conv(32, 16, 3), torch.full((32,), 4.0)))
+    x = torch.randn(1, 32, 6, 7, dtype=torch.float64) * 4
+    want = head(x)
+    before = torch.backends.mkldnn.matmul.fp32_precision
+    try:
+        torch.backends.mkldnn.matmul.fp32_precision = "bf16"
+        assert not _float32_gemm_is_ieee()
+        got = head(x)
+    finally:
+        torch.backends.mkldnn.matmul.fp32_precision = before
+    assert torch.equal(want, got) and _float32_gemm_is_ieee()
 
 
 def test_the_exactness_bound_holds_and_is_checked():

@@ -26,8 +26,6 @@ correctness.
 
 from __future__ import annotations
 
-import contextlib
-
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -69,15 +67,20 @@ def quantise_conv(conv: nn.Conv2d, activation_max: torch.Tensor) -> dict:
     }
 
 
-@contextlib.contextmanager
-def _ieee_float32():
-    """A float32 GEMM in full IEEE precision, whatever the caller set (TF32/bf16 would break exactness)."""
-    previous = torch.get_float32_matmul_precision()
-    torch.set_float32_matmul_precision("highest")
+def _float32_gemm_is_ieee() -> bool:
+    """Whether float32 CPU matrix products run in full IEEE precision now.
+
+    A caller may have allowed bf16 or TF32 products (``set_float32_matmul_precision``
+    or the newer ``torch.backends.mkldnn.matmul.fp32_precision``); those would
+    round the integers, so `ExactConv2d` then sums in float64 instead: the same
+    exact result, slower. Nothing global is changed, so threads cannot race.
+    """
     try:
-        yield
-    finally:
-        torch.set_float32_matmul_precision(previous)
+        mkldnn = torch.backends.mkldnn
+        chain = (mkldnn.matmul.fp32_precision, mkldnn.fp32_precision, torch.backends.fp32_precision)
+    except AttributeError:  # torch before 2.9 has only the legacy switch
+        return torch.get_float32_matmul_precision() == "highest"
+    return next((setting for setting in chain if setting != "none"), "ieee") == "ieee"
 
 
 class ExactConv2d(nn.Module):
@@ -106,10 +109,11 @@ class ExactConv2d(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, _, h, w = x.shape
         out = torch.empty(b, self.matrix.shape[0], h * w, dtype=torch.float64)
+        dtype = torch.float32 if _float32_gemm_is_ieee() else torch.float64
+        matrix = self.matrix.to(dtype)
         for i in range(b):  # one image at a time: the float32 columns and sums of a batch of big tiles are large
-            q = torch.clamp(torch.round(x[i : i + 1] / self.step), -self.levels, self.levels).to(torch.float32)
+            q = torch.clamp(torch.round(x[i : i + 1] / self.step), -self.levels, self.levels).to(dtype)
             columns = F.unfold(q, self.kernel, padding=self.kernel // 2)[0]  # (C*k*k, H*W), zero padding = q 0
-            with _ieee_float32():
-                sums = torch.matmul(self.matrix, columns)  # integers: exact in any summation order
+            sums = torch.matmul(matrix, columns)  # integers: exact in any summation order
             torch.addcmul(self.bias[0], sums.to(torch.float64), self.out_scale[0], out=out[i])
         return out.view(b, -1, h, w)
