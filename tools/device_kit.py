@@ -2,7 +2,7 @@
 
 Sessions are sometimes lent a GPU machine for 15 minutes (../shared/DESIGN.md,
 "The accelerator"). It gets a copy of the working tree (at most 64 MiB with
-what is carried, and the tracked tree alone is about 38 MiB), cannot reach
+what is carried, and the tracked tree alone is about 40 MiB), cannot reach
 ../shared or the internet, and lacks compressai, constriction, soundfile and
 pytorch-msssim. So the run is prepared here, rehearsed here on the CPU, and
 made in one call:

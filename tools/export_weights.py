@@ -81,8 +81,8 @@ def _ship(name: str, shipped: dict, model: torch.nn.Module, state: dict, fields:
     return out
 
 
-def calibration_crops(data_root: Path, count: int = CALIBRATION_CROPS, seed: int = 0) -> torch.Tensor:
-    """`count` random 256x256 crops of the training photos (never Kodak), the same for the same data."""
+def training_crops(data_root: Path, count: int, seed: int = 0) -> torch.Tensor:
+    """`count` random 256x256 crops of the training photos (never Kodak), the same for the same data and seed."""
     from tools.train_image import load_training_images, random_batch
 
     return random_batch(load_training_images(data_root, 256), count, 256, np.random.default_rng(seed))
@@ -99,7 +99,7 @@ def export(checkpoint: Path, data_root: Path, name: str = "hyperprior-gmm") -> P
         "config": state["config"],
         "model": {k: v.float().contiguous() for k, v in model.state_dict().items()},
         "z_frequencies": torch.from_numpy(z_frequencies(model.entropy_bottleneck, Z_RADIUS)),
-        "hyper_head": hyper_head(model, calibration_crops(data_root)),
+        "hyper_head": hyper_head(model, training_crops(data_root, CALIBRATION_CROPS)),
     }
     architecture = config | {"lambdas": list(config["lambdas"])}
     return _ship(name, shipped, model, state, {"architecture": architecture})
@@ -186,14 +186,11 @@ def export_vq(
     photos (never Kodak): usage counts weight the k-means that derives the
     smaller codebooks, then every (level, size) gets its index frequencies.
     """
-    from tools.train_image import load_training_images, random_batch
-
     state = torch.load(checkpoint, map_location="cpu", weights_only=False)
     config = VQImageConfig(**state["config"])
     model = VQImageModel(config).eval()
     model.load_state_dict(state["model"])
-    images = load_training_images(data_root, 256)
-    x = random_batch(images, crops, 256, np.random.default_rng(seed))
+    x = training_crops(data_root, crops, seed)
     full = {lv: {config.entries: (q.keys(), q.values)} for lv, q in enumerate(model.quantisers)}
     usage = _vq_statistics(model, x, full)
     derived, sizes = {}, {lv: dict(books) for lv, books in full.items()}
