@@ -118,7 +118,10 @@ class HyperpriorCodec(TiledImageCodec):
         """Mixture parameters for a batch of hyper-latents, each (B, M*h*w, K), float64."""
         with torch.no_grad():
             w, m, s = self._hyper_synthesis.mixture_parameters(z_int.to(torch.float64))
-        flat = lambda t: t.permute(0, 2, 3, 4, 1).reshape(t.shape[0], -1, t.shape[1]).numpy()
+
+        def flat(t):
+            return t.permute(0, 2, 3, 4, 1).reshape(t.shape[0], -1, t.shape[1]).numpy()
+
         return flat(w), flat(m), flat(s)
 
     # -- encode ---------------------------------------------------------------

@@ -9,7 +9,10 @@ the rest the same way for all of them:
 - raster-order tiles of at most DEFAULT_TILE pixels, each edge-padded to a
   multiple of ALIGN and coded as its own DATA chunk, so memory is bounded
   and a damaged chunk is found and named;
-- tiles of one padded shape go through the networks BATCH_TILES at a time;
+- tiles of one padded shape go through the networks together, at most
+  BATCH_TILES and BATCH_PIXELS at a time (full 1024-pixel tiles go in
+  pairs: the activations of four were most of an 8000x8000 photo's peak
+  memory);
 - codec parameters in the container (7 bytes, little-endian): layout
   version (u8, 1), quality (f32), tile size / 64 (u16);
 - decoded tiles are written into the canvas; grey files are averaged back
@@ -37,7 +40,8 @@ PARAMS = struct.Struct("<BfH")
 PARAMS_LAYOUT = 1
 DEFAULT_TILE = 1024
 ALIGN = 64  # the coarsest latents are at 1/64 resolution
-BATCH_TILES = 4  # tiles per network call: bounds peak memory
+BATCH_TILES = 4  # tiles per network call, at most...
+BATCH_PIXELS = 1 << 21  # ...and (padded) pixels per network call: bounds peak memory
 
 
 @dataclass(frozen=True)
@@ -61,14 +65,20 @@ def tile_grid(height: int, width: int, tile: int) -> list[Tile]:
     ]
 
 
-def batches(items: list, key) -> Iterator[list]:
-    """Groups of at most BATCH_TILES items sharing key(item), in first-seen order."""
+def batch_size(shape: tuple[int, int]) -> int:
+    """How many tiles of this padded shape one network call takes (at least one)."""
+    return max(1, min(BATCH_TILES, BATCH_PIXELS // (shape[0] * shape[1])))
+
+
+def batches(items: list, shape) -> Iterator[list]:
+    """Groups of items sharing the padded tile shape(item), in first-seen order, `batch_size` at a time."""
     groups: dict = {}
     for it in items:
-        groups.setdefault(key(it), []).append(it)
-    for group in groups.values():
-        for i in range(0, len(group), BATCH_TILES):
-            yield group[i : i + BATCH_TILES]
+        groups.setdefault(shape(it), []).append(it)
+    for padded, group in groups.items():
+        size = batch_size(padded)
+        for i in range(0, len(group), size):
+            yield group[i : i + size]
 
 
 def torch_device(name: str) -> torch.device:
@@ -132,7 +142,7 @@ class TiledImageCodec(ImageCodec):
         rgb = [self.rgb(p) for p in pictures]
         jobs = [(i, t) for i, a in enumerate(rgb) for t in tile_grid(a.shape[0], a.shape[1], DEFAULT_TILE)]
         payloads: dict[tuple[int, Tile], bytes] = {}
-        for batch in batches(jobs, key=lambda job: job[1].padded):
+        for batch in batches(jobs, shape=lambda job: job[1].padded):
             ph, pw = batch[0][1].padded
             x = torch.stack([tile_tensor(rgb[i], t, ph, pw) for i, t in batch]).to(dev)
             payloads.update(zip(batch, self._encode_batch(x, q, dev)))
@@ -173,7 +183,7 @@ class TiledImageCodec(ImageCodec):
                 raise CorruptStreamError(f"{len(data)} data chunks for {len(tiles)} tiles")
             jobs += [(i, t, q, d) for t, d in zip(tiles, data)]
         canvases = [np.empty((c.media.height, c.media.width, 3), np.uint8) for c in containers]
-        for batch in batches(jobs, key=lambda job: job[1].padded):
+        for batch in batches(jobs, shape=lambda job: job[1].padded):
             x = self._decode_batch([j[3] for j in batch], [j[2] for j in batch], batch[0][1].padded, dev)
             pixels = x.clamp_(0, 1).mul_(255).round_().to("cpu", torch.uint8).permute(0, 2, 3, 1).numpy()
             for b, (i, t, _, _) in enumerate(batch):

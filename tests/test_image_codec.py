@@ -64,6 +64,16 @@ def test_batch_equals_one_by_one(gmm, sample_pixels):
     assert batch == single
 
 
+def test_network_calls_are_bounded_in_tiles_and_pixels():
+    assert tiled.batch_size((1024, 1024)) == 2  # full tiles in pairs: the 8000x8000 memory bound
+    assert tiled.batch_size((512, 768)) == tiled.BATCH_TILES  # Kodak-sized pictures still batch fully
+    assert tiled.batch_size((4096, 4096)) == 1
+    jobs = [("a", (512, 768))] * 5 + [("b", (1024, 1024))] * 3 + [("c", (512, 768))]
+    groups = list(tiled.batches(jobs, shape=lambda job: job[1]))
+    assert [len(g) for g in groups] == [4, 2, 2, 1]  # same shapes together, first-seen order
+    assert groups[1][-1] == ("c", (512, 768)) and all(len({j[1] for j in g}) == 1 for g in groups)
+
+
 def test_tiles_each_get_a_chunk_and_join_seamlessly(gmm, sample_pixels, monkeypatch):
     monkeypatch.setattr(tiled, "DEFAULT_TILE", 128)
     picture = Picture.from_array(sample_pixels[:200, :250])

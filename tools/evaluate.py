@@ -46,7 +46,10 @@ def ms_ssim(a: np.ndarray, b: np.ndarray) -> float:
 
     if min(a.shape[:2]) < 161:
         return float("nan")
-    to = lambda x: torch.from_numpy(np.repeat(x, 3, 2) if x.shape[2] == 1 else x.copy()).permute(2, 0, 1)[None].double()
+
+    def to(x):
+        return torch.from_numpy(np.repeat(x, 3, 2) if x.shape[2] == 1 else x.copy()).permute(2, 0, 1)[None].double()
+
     return float(_ms_ssim(to(a), to(b), data_range=255.0))
 
 
@@ -142,6 +145,11 @@ def summarise(codec: baselines.EvalCodec, rows: list[dict]) -> dict:
     }
 
 
+def _signed(v: float | None, unit: str = "%") -> str:
+    """A BD figure for a table cell; None where the curves do not overlap."""
+    return "no overlap" if v is None else f"{v:+.1f}{unit}"
+
+
 def bd_table(results: list[dict], reference: str) -> tuple[str, list[dict]]:
     """Markdown table of BD-rate (PSNR and MS-SSIM) and BD-PSNR against the reference."""
     ref = next((r for r in results if r["name"] == reference), None)
@@ -163,11 +171,11 @@ def bd_table(results: list[dict], reference: str) -> tuple[str, list[dict]]:
             except (CurvesDoNotOverlapError, ValueError):
                 row[f"bd_rate_{key}"] = row[f"bd_{key}"] = None
         rows.append(row)
-        fmt = lambda v, unit="%": "no overlap" if v is None else f"{v:+.1f}{unit}"
+
         bpp = r["results"]["bpp"]
         lines.append(
-            f"| {r['name']} | {fmt(row['bd_rate_psnr'])} | {fmt(row['bd_psnr'], '')} | "
-            f"{fmt(row['bd_rate_msssim'])} | {min(bpp):.3f}-{max(bpp):.3f} |"
+            f"| {r['name']} | {_signed(row['bd_rate_psnr'])} | {_signed(row['bd_psnr'], '')} | "
+            f"{_signed(row['bd_rate_msssim'])} | {min(bpp):.3f}-{max(bpp):.3f} |"
         )
     return "\n".join(lines) + "\n", rows
 

@@ -127,7 +127,10 @@ def record_figures(results_dir: Path, name: str = "hyperprior-gmm", reference: s
         except (CurvesDoNotOverlapError, ValueError):  # e.g. a low-rate codec below the reference's range
             bd[metric] = {"bd_rate_pct": None, "bd_quality": None}
     psnr, msssim = bd["psnr-rgb"], bd["ms-ssim-db"]
-    rounded = lambda v, digits: None if v is None else round(v, digits)
+
+    def rounded(v, digits):
+        return None if v is None else round(v, digits)
+
     figures = {
         "command": EVAL_COMMAND.format(out=results_dir),
         "quality": r["quality"],

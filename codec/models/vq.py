@@ -60,7 +60,10 @@ def _weighted_means(x: torch.Tensor, weights: torch.Tensor, assign: torch.Tensor
 
 
 def weighted_kmeans(x: torch.Tensor, weights: torch.Tensor, k: int, iterations: int = 25) -> torch.Tensor:
-    """k centroids of the rows of x, each row counting `weights` times (deterministic: seeded by the k heaviest rows)."""
+    """k centroids of the rows of x, each row counting `weights` times.
+
+    Deterministic: seeded by the k heaviest rows.
+    """
     if k >= x.shape[0]:
         return x.clone()
     centroids = x[torch.argsort(weights, descending=True)[:k]].clone()

@@ -124,7 +124,10 @@ class VQImageModel(nn.Module):
 
     @torch.no_grad()
     def initialise_codebooks(self, x: torch.Tensor, generator: torch.Generator | None = None) -> None:
-        """k-means on real residual targets, coarse to fine (each level sees the residual of the initialised coarser ones)."""
+        """k-means on real residual targets, coarse to fine.
+
+        Each level sees the residual of the already initialised coarser ones.
+        """
 
         def init(level, target):
             q = self.quantisers[level]
