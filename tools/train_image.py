@@ -334,8 +334,8 @@ def commit_checkpoint(run_checkpoint: Path, arch: str) -> Path:
     Adam's two moment buffers are twice the model's size (38 MB for the
     192-channel hyperprior, over the repository's 30 MB limit per file);
     without them the committed file is the model, step, schedule and random
-    state, and a resumed run restarts Adam (best with --new-schedule, whose
-    warm-up absorbs that).
+    state, and a resumed run restarts Adam (mid-schedule this has worked
+    without a warm-up, sessions 5 and 6; --new-schedule adds one).
     """
     state = torch.load(run_checkpoint, map_location="cpu", weights_only=False)
     out = COMMITTED / f"{arch}-checkpoint.pt"
