@@ -439,6 +439,8 @@ def train(opts: TrainOptions, log=print, progress=None) -> Path:
     if opts.threads:
         torch.set_num_threads(opts.threads)
     device = torch.device(opts.device)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # the crops' shape never changes: let cuDNN pick its fastest kernels
     opts.out_dir.mkdir(parents=True, exist_ok=True)
     ckpt_path = opts.out_dir / "checkpoint.pt"
     torch.manual_seed(opts.seed)
@@ -509,7 +511,7 @@ def train(opts: TrainOptions, log=print, progress=None) -> Path:
             rate_ramp = RateRamp(widened_from, step, RATE_RAMP_STEPS)
         schedule_start = step if (opts.new_schedule or reshaped) else state.get("schedule_start", 0)
         rng.bit_generator.state = state["numpy_rng"]
-        torch.set_rng_state(state["torch_rng"])
+        torch.set_rng_state(state["torch_rng"].cpu())  # map_location moved it to the device
         log(f"resumed from {ckpt_path} at step {step} ({minutes_before:.1f} min), schedule from step {schedule_start}")
         if opts.init_from:
             log(f"--init-from {opts.init_from} ignored: the run resumes from its checkpoint")
