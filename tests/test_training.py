@@ -342,3 +342,33 @@ def test_the_device_pack_is_readable_training_data_with_a_lossless_holdout(tmp_p
     packed_images = load_training_images(tmp_path / "pack" / "data", 128)
     assert len(packed_images) == len(load_training_images(tmp_path / "data", 128))
     assert torch.equal(load_holdout(tmp_path / "pack" / "data"), load_holdout(tmp_path / "data"))
+
+
+def test_the_device_check_is_reproduced_here_and_verify_catches_a_changed_file(tmp_path):
+    import zipfile
+
+    from click.testing import CliRunner
+
+    from tools.device_kit import cli
+
+    holdout = tmp_path / "pack" / "data" / HOLDOUT_DIR
+    holdout.mkdir(parents=True)
+    yy, xx = np.mgrid[0:128, 0:160]
+    smooth = np.stack([xx * 0.6, yy * 0.7, (xx + yy) * 0.3], -1).astype(np.uint8)
+    Image.fromarray(smooth).save(holdout / "a.png")
+    Image.fromarray(smooth[:64, :96].copy()).save(holdout / "b.png")
+    runner = CliRunner()
+    out = tmp_path / "out"
+    result = runner.invoke(cli, ["check", "--out", str(out), "--device", "cpu", "--pack", str(tmp_path / "pack")])
+    assert result.exit_code == 0, result.output
+    result = runner.invoke(cli, ["verify", str(out), "--pack", str(tmp_path / "pack")])
+    assert result.exit_code == 0 and "all equal" in result.output, result.output
+
+    with zipfile.ZipFile(out / "files.zip") as z:
+        files = {n: z.read(n) for n in z.namelist()}
+    files["hyperprior-gmm-q1.0-cpu-2.vqz"] = files["hyperprior-gmm-q6.0-cpu-2.vqz"]  # another quality's file
+    with zipfile.ZipFile(out / "files.zip", "w") as z:
+        for name, data in files.items():
+            z.writestr(name, data)
+    result = runner.invoke(cli, ["verify", str(out), "--pack", str(tmp_path / "pack")])
+    assert result.exit_code == 1 and "2 differ" in result.output, result.output

@@ -4,7 +4,9 @@
 #   bash tools/device_train.sh MINUTES [device_kit train options, e.g. --batch 32]
 # Installs the carried wheels, fails fast if anything is missing, then trains
 # the committed hyperprior-gmm checkpoint on CUDA for about MINUTES, mirroring
-# each checkpoint (without Adam's state) and the learning curve into $OUT.
+# each checkpoint (without Adam's state) and the learning curve into $OUT;
+# then checks GPU coding against the CPU's (about 30 s) into $OUT/check, which
+# `python -m tools.device_kit verify <files_at>/check` reads back here.
 set -euo pipefail
 MINUTES=${1:-8.5}
 shift || true
@@ -12,3 +14,4 @@ python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upg
 export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
 python3 -c "import torch, compressai, constriction, codec.models.hyperprior, tools.train_image; assert torch.cuda.is_available(), 'no CUDA'; print(torch.__version__, torch.cuda.get_device_name())"
 python3 -m tools.device_kit train --minutes "$MINUTES" --device cuda --mirror "$OUT" "$@" 2>&1 | tee "$OUT/log.txt"
+python3 -m tools.device_kit check --out "$OUT/check" 2>&1 | tee "$OUT/check.txt"
