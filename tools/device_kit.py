@@ -133,7 +133,7 @@ def pack(data_root: Path) -> None:
 @cli.command(name="train")
 @click.option(
     "--minutes",
-    default=8.5,
+    default=8.2,
     show_default=True,
     help="Wall-clock budget of the training (the wheels install before it).",
 )

@@ -8,7 +8,7 @@
 # then checks GPU coding against the CPU's (about 30 s) into $OUT/check, which
 # `python -m tools.device_kit verify <files_at>/check` reads back here.
 set -euo pipefail
-MINUTES=${1:-8.5}
+MINUTES=${1:-8.2}
 shift || true
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .device/whl/*.whl
 export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
