@@ -344,11 +344,13 @@ def test_the_device_pack_is_readable_training_data_with_a_lossless_holdout(tmp_p
     assert torch.equal(load_holdout(tmp_path / "pack" / "data"), load_holdout(tmp_path / "data"))
 
 
-def test_the_device_check_is_reproduced_here_and_verify_catches_a_changed_file(tmp_path):
+def test_the_device_check_is_reproduced_here_and_verify_catches_a_changed_file(tmp_path, monkeypatch):
+    import json
     import zipfile
 
     from click.testing import CliRunner
 
+    import codec.tiled
     from tools.device_kit import cli
 
     holdout = tmp_path / "pack" / "data" / HOLDOUT_DIR
@@ -359,8 +361,15 @@ def test_the_device_check_is_reproduced_here_and_verify_catches_a_changed_file(t
     Image.fromarray(smooth[:64, :96].copy()).save(holdout / "b.png")
     runner = CliRunner()
     out = tmp_path / "out"
-    result = runner.invoke(cli, ["check", "--out", str(out), "--device", "cpu", "--pack", str(tmp_path / "pack")])
+    # A second "device" that is the CPU stands in for a GPU, so the crosswise branch runs here too.
+    real_device = codec.tiled.torch_device
+    monkeypatch.setattr(codec.tiled, "torch_device", lambda name: real_device("cpu" if name == "second" else name))
+    result = runner.invoke(cli, ["check", "--out", str(out), "--device", "second", "--pack", str(tmp_path / "pack")])
     assert result.exit_code == 0, result.output
+    report = json.loads((out / "report.json").read_text())
+    assert report["devices"] == ["cpu", "second"] and len(report["cases"]) == 8
+    assert all(case["same_bytes_as_cpu"] == [True] * 3 for case in report["cases"])
+    assert all(case["pixels_cpu"] == case["pixels_second"] for case in report["cases"])
     result = runner.invoke(cli, ["verify", str(out), "--pack", str(tmp_path / "pack")])
     assert result.exit_code == 0 and "all equal" in result.output, result.output
 

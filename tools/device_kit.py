@@ -14,7 +14,7 @@ made in one call:
                 python -m tools.train_image runs/device   # commit, then export and evaluate as usual
                 python -m tools.device_kit verify <files_at>/check   # GPU-encoded files decode here alike
 
-`check` (the script's last half minute; `bash tools/device_train.sh` runs it)
+`check` (run by `bash tools/device_train.sh` after training, at most 90 s; about 30 s expected)
 encodes hold-out photos on the GPU and the CPU and decodes them crosswise;
 `verify` decodes the same files on this machine and compares pixels and bytes.
 
@@ -184,7 +184,7 @@ CHECK_CASES = (("hyperprior-gmm", 1.0), ("hyperprior-gmm", 6.0), ("hyperprior-gm
 
 
 def check_photos(pack: Path) -> list[np.ndarray]:
-    """Two hold-out photos from the pack and a crop of the first (300x400 from a BSDS photo: not a multiple of 64)."""
+    """Two hold-out photos from the pack and a crop of the first (284x400 of a BSDS photo: not a multiple of 64)."""
     photos = []
     for path in image_files(pack / "data" / HOLDOUT_DIR)[:2]:
         with Image.open(path) as im:
@@ -268,6 +268,8 @@ def verify(result: Path, pack_dir: Path) -> None:
     """
     report = json.loads((result / "report.json").read_text())
     photos = check_photos(pack_dir)
+    if any(len(case["bytes"]) != len(photos) for case in report["cases"]):
+        raise click.ClickException(f"{result} was made from other photos than {pack_dir}'s ({len(photos)})")
     bad = 0
     with zipfile.ZipFile(result / "files.zip") as z:
         for case in report["cases"]:

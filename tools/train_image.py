@@ -512,6 +512,8 @@ def train(opts: TrainOptions, log=print, progress=None) -> Path:
         schedule_start = step if (opts.new_schedule or reshaped) else state.get("schedule_start", 0)
         rng.bit_generator.state = state["numpy_rng"]
         torch.set_rng_state(state["torch_rng"].cpu())  # map_location moved it to the device
+        if device.type == "cuda" and state.get("cuda_rng") is not None:
+            torch.cuda.set_rng_state(state["cuda_rng"].cpu(), device)
         log(f"resumed from {ckpt_path} at step {step} ({minutes_before:.1f} min), schedule from step {schedule_start}")
         if opts.init_from:
             log(f"--init-from {opts.init_from} ignored: the run resumes from its checkpoint")
@@ -546,6 +548,7 @@ def train(opts: TrainOptions, log=print, progress=None) -> Path:
             "minutes": minutes_before + (time.time() - start) / 60,
             "numpy_rng": rng.bit_generator.state,
             "torch_rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,  # the noise is drawn there
         }
         _atomic_save(state, ckpt_path)
         if opts.mirror:

@@ -172,7 +172,7 @@ class MultiCodebookQuantiser(nn.Module):
             where = dead[i].nonzero().squeeze(1)
             if where.numel() == 0:
                 continue
-            pick = torch.randint(g.shape[1], (where.numel(),), generator=generator, device=g.device)
+            pick = torch.randint(g.shape[1], (where.numel(),), generator=generator).to(g.device)  # a CPU generator
             wanted = g[i][pick]
             self.bases[i, where] = wanted @ pinv
             self.values[i, where] = wanted
