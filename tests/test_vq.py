@@ -78,3 +78,21 @@ def test_vq_image_model_prefixes_decode_and_match_training_path():
         assert all(torch.equal(a, b) for a, b in zip(indices, out.indices))
     assert model.bits(128, 64) == (8 * 4 + 4 * 2 + 2 * 1) * 2 * 4
     assert model.bits(128, 64, keep=1) == 2 * 1 * 2 * 4
+
+
+def test_coarser_levels_restart_rarely_used_entries_at_their_own_threshold():
+    from codec.models.vq_image import VQImageConfig, VQImageModel
+    from tools.train_image import VQArch
+
+    model = VQImageModel(VQImageConfig(channels=8, latent_channels=8, levels=2, codebooks=2, entries=8))
+    x = torch.rand(2, 3, 128, 128, generator=torch.Generator().manual_seed(0))
+    model.initialise_codebooks(x, torch.Generator().manual_seed(1))
+    thresholds = [VQArch.RESTART_THRESHOLD * 4**level for level in range(2)]
+    assert thresholds == [0.015, 0.06]
+    for q in model.quantisers:
+        q.usage.fill_(1 / 8)
+        q.usage[:, :3] = 0.03 / 8  # rare: dead at the coarse level's threshold, alive at the fine one's
+    restarted = model.restart_dead_entries(x, torch.Generator().manual_seed(2), thresholds)
+    assert restarted == 2 * 3  # the 1/32 level's two codebooks, three entries each
+    assert torch.all(model.quantisers[0].usage[:, :3] == 0.03 / 8)  # 1/16 kept its rare entries
+    assert torch.all(model.quantisers[1].usage[:, :3] == 1 / 8)  # restarted ones start at an even share

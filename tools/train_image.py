@@ -151,6 +151,11 @@ class VQArch:
     # --freeze-transforms (how vq-mcq was trained) only the level-down convolutions feel it.
     commitment_weight = 0.1
     RESTART_EVERY = 200
+    # Dead-entry threshold of the finest level (1/16), as a fraction of an even share 1/K: an
+    # entry expected about twice in 24 photos of 768x512. Each coarser level has a quarter of the
+    # positions, so an entry there needs four times the share to be used at all: 0.06 at 1/32,
+    # 0.24 at 1/64 (session 7; before, 1e-3 everywhere left a fifth of the 1/64 entries unused).
+    RESTART_THRESHOLD = 0.015
 
     def build(self, config: VQImageConfig) -> VQImageModel:
         return VQImageModel(config)
@@ -170,7 +175,8 @@ class VQArch:
             model.initialise_codebooks(x, generator)
             return "codebooks initialised by k-means"
         if step % self.RESTART_EVERY == 0:
-            return f"restarted {model.restart_dead_entries(x, generator)} dead entries"
+            thresholds = [self.RESTART_THRESHOLD * 4**level for level in range(model.config.levels)]
+            return f"restarted {model.restart_dead_entries(x, generator, thresholds)} dead entries"
         return ""
 
     @torch.no_grad()

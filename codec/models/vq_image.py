@@ -16,6 +16,7 @@ levels x codebooks x positions x log2(entries) before entropy coding.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Sequence
 
 import torch
 import torch.nn as nn
@@ -137,13 +138,20 @@ class VQImageModel(nn.Module):
         self.coarse_to_fine(self.features(x), init, self.config.levels)
 
     @torch.no_grad()
-    def restart_dead_entries(self, x: torch.Tensor, generator: torch.Generator | None = None) -> int:
-        """Restart unused entries of every level on that level's current residual targets."""
+    def restart_dead_entries(
+        self, x: torch.Tensor, generator: torch.Generator | None = None, thresholds: Sequence[float] | None = None
+    ) -> int:
+        """Restart rarely used entries of every level on that level's current residual targets.
+
+        `thresholds[level]` (finest first) is the usage share, as a fraction
+        of an even 1/K, under which an entry counts as dead; by default 1e-3.
+        """
         restarted = []
 
         def restart(level, target):
             q = self.quantisers[level]
-            restarted.append(q.restart_dead_entries(target, generator=generator))
+            threshold = 1e-3 if thresholds is None else thresholds[level]
+            restarted.append(q.restart_dead_entries(target, threshold, generator=generator))
             return q.lookup(q.nearest(target)), None
 
         self.coarse_to_fine(self.features(x), restart, self.config.levels)
