@@ -238,7 +238,15 @@ def test_frozen_transforms_stay_put_while_the_codebooks_learn(tmp_path):
     assert torch.equal(first["g_a.0.weight"], second["g_a.0.weight"])
     assert torch.equal(first["g_s.0.weight"], second["g_s.0.weight"])
     assert not torch.equal(first["quantisers.0.values"], second["quantisers.0.values"])
-    opts.freeze_transforms, opts.steps = False, 4  # then fine-tune everything: a fresh optimiser
+    assert not torch.equal(first["down.0.weight"], second["down.0.weight"])
+    opts.freeze_level_maps, opts.steps = True, 5  # the level maps stay too, the codebooks still learn
+    train(opts, log=lambda m: None)
+    kept = torch.load(tmp_path / "vq" / "checkpoint.pt", weights_only=False)["model"]
+    assert torch.equal(second["down.0.weight"], kept["down.0.weight"])
+    assert torch.equal(second["up.0.weight"], kept["up.0.weight"])
+    assert not torch.equal(second["quantisers.0.values"], kept["quantisers.0.values"])
+    second, opts.freeze_level_maps = kept, False
+    opts.freeze_transforms, opts.steps = False, 6  # then fine-tune everything: a fresh optimiser
     messages = []
     train(opts, log=messages.append)
     third = torch.load(tmp_path / "vq" / "checkpoint.pt", weights_only=False)["model"]

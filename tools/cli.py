@@ -134,6 +134,11 @@ def train() -> None:
 )
 @click.option("--freeze-transforms", is_flag=True, help="Train everything except the analysis/synthesis transforms.")
 @click.option(
+    "--freeze-level-maps",
+    is_flag=True,
+    help="vq: keep the level-down/up maps fixed too (their scale drifts against the codebooks in long runs).",
+)
+@click.option(
     "--latent-channels",
     default=0,
     help="hyperprior-gmm latent width M (0: the model's); above the checkpoint's, the trained model is widened.",
@@ -160,6 +165,7 @@ def train_image(
     new_schedule,
     init_from,
     freeze_transforms,
+    freeze_level_maps,
     latent_channels,
     compile_model,
     export,
@@ -185,6 +191,7 @@ def train_image(
         new_schedule=new_schedule,
         init_from=init_from,
         freeze_transforms=freeze_transforms,
+        freeze_level_maps=freeze_level_maps,
         latent_channels=latent_channels,
         compile=compile_model,
     )

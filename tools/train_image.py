@@ -414,6 +414,7 @@ class TrainOptions:
     new_schedule: bool = False  # resume the weights but restart warm-up + cosine from the current step
     init_from: Path | None = None  # a new run starts its transforms (g_a, g_s) from these weights
     freeze_transforms: bool = False  # train everything but g_a and g_s (e.g. VQ codebooks on trained transforms)
+    freeze_level_maps: bool = False  # vq: keep the level-down/up maps too (their scale drifts against the codebooks)
     latent_channels: int = 0  # hyperprior M (0: the config's); more than the checkpoint's widens it
     compile: bool = False  # torch.compile the training forward pass (about a minute to compile, then faster)
     mirror: Path | None = None  # also keep each checkpoint (without Adam's state) and the curve here ($OUT on a GPU)
@@ -470,9 +471,14 @@ def train(opts: TrainOptions, log=print, progress=None) -> Path:
         raise TrainingError("--latent-channels applies to the hyperprior-gmm model only")
     model = arch.build(config).to(device)
     params = arch.parameters(model)
-    if opts.freeze_transforms:
-        frozen_ids = {id(p) for part in (model.g_a, model.g_s) for p in part.parameters()}
-        for part in (model.g_a, model.g_s):
+    if opts.freeze_level_maps and arch.name != "vq":
+        raise TrainingError("--freeze-level-maps applies to the vq model only")
+    frozen_parts = ([model.g_a, model.g_s] if opts.freeze_transforms else []) + (
+        [model.down, model.up] if opts.freeze_level_maps else []
+    )
+    if frozen_parts:
+        frozen_ids = {id(p) for part in frozen_parts for p in part.parameters()}
+        for part in frozen_parts:
             part.requires_grad_(False)
         params = [p for p in params if id(p) not in frozen_ids]
     optimizer = torch.optim.Adam(params, lr=opts.lr)
