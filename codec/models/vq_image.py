@@ -144,14 +144,15 @@ class VQImageModel(nn.Module):
         """Restart rarely used entries of every level on that level's current residual targets.
 
         `thresholds[level]` (finest first) is the usage share, as a fraction
-        of an even 1/K, under which an entry counts as dead; by default 1e-3.
+        of an even 1/K, under which an entry counts as dead; by default the
+        quantiser's own.
         """
         restarted = []
 
         def restart(level, target):
             q = self.quantisers[level]
-            threshold = 1e-3 if thresholds is None else thresholds[level]
-            restarted.append(q.restart_dead_entries(target, threshold, generator=generator))
+            given = {} if thresholds is None else {"threshold": thresholds[level]}
+            restarted.append(q.restart_dead_entries(target, generator=generator, **given))
             return q.lookup(q.nearest(target)), None
 
         self.coarse_to_fine(self.features(x), restart, self.config.levels)
