@@ -17,6 +17,7 @@ from typing import Sequence, Union
 import numpy as np
 
 from bitstream import VqzError, parse, serialize
+from codec.errors import InvalidRequestError
 from codec.media import Picture, read_image
 from codec.registry import codec_for, entries, get_codec
 
@@ -34,13 +35,24 @@ def _picture(image: ImageLike) -> Picture:
 def encode(
     images: Sequence[ImageLike], model: str | None = None, quality: float | None = None, device: str = "cpu"
 ) -> list[bytes]:
-    """Encode many images at once; returns one complete .vqz file (bytes) per image."""
+    """Encode many images at once; returns one complete .vqz file (bytes) per image.
+
+    `images` is a list (or a (B, H, W, C) array); a single image is refused
+    rather than read as a batch of its rows.
+    """
+    if isinstance(images, (str, os.PathLike)) or (isinstance(images, np.ndarray) and images.ndim < 4):
+        raise InvalidRequestError("encode takes a list of images; for one image pass [image]")
     codec = get_codec(model)
     return [serialize(c) for c in codec.encode([_picture(i) for i in images], quality=quality, device=device)]
 
 
 def decode(files: Sequence[bytes], device: str = "cpu") -> list[np.ndarray]:
     """Decode many .vqz files (bytes); files of the same codec are decoded as one batch."""
+    if isinstance(files, (bytes, bytearray, memoryview, str, os.PathLike)):
+        raise InvalidRequestError("decode takes a list of .vqz files' contents (bytes); for one file pass [data]")
+    for i, f in enumerate(files):
+        if not isinstance(f, (bytes, bytearray, memoryview)):
+            raise InvalidRequestError(f"files[{i}] is a {type(f).__name__}, not the bytes of a .vqz file")
     containers = [parse(f) for f in files]
     out: list[np.ndarray | None] = [None] * len(containers)
     by_codec: dict[str, list[int]] = {}

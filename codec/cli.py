@@ -19,7 +19,7 @@ import click
 from bitstream import ChunkKind, Container, ImageInfo, VqzError, parse, serialize
 from codec import registry
 from codec.fileio import atomic_write
-from codec.media import png_bytes, psnr, read_image
+from codec.media import image_bytes, output_format, psnr, read_image
 
 EXIT_BAD_INPUT = 2
 
@@ -52,7 +52,7 @@ def friendly_errors(fn: Callable) -> Callable:
 @click.option("--debug", is_flag=True, help="Show tracebacks instead of one-line errors.")
 @click.version_option(package_name="vqz")
 def cli(debug: bool) -> None:
-    """vqz: learned image (and audio) codec.
+    """vqz: learned image codec (audio is planned).
 
     \b
     vqz encode photo.png            -> photo.vqz
@@ -63,18 +63,33 @@ def cli(debug: bool) -> None:
 
 
 def _progress(items: Sequence, label: str):
-    """A progress bar when there is more than one item (on stderr)."""
-    return click.progressbar(items, label=label, file=sys.stderr, hidden=len(items) < 2)
+    """A progress bar on stderr when there is more than one item and stderr is a terminal.
+
+    (Elsewhere click would print the bare label, a stray line before any error message.)
+    """
+    hidden = len(items) < 2 or not sys.stderr.isatty()
+    return click.progressbar(items, label=label, file=sys.stderr, hidden=hidden)
 
 
-def _output_paths(inputs: Sequence[Path], output: Path | None, suffix: str) -> list[Path]:
+def _output_paths(inputs: Sequence[Path], output: Path | None, suffix: str, force: bool) -> list[Path]:
+    """Where each input's result goes; refused before any work if two would share a file or one exists."""
     if output is None:
-        return [p.with_suffix(suffix) for p in inputs]
-    if len(inputs) == 1 and not output.is_dir():
-        return [output]
-    if not output.is_dir():
+        outputs = [p.with_suffix(suffix) for p in inputs]
+    elif len(inputs) == 1 and not output.is_dir():
+        outputs = [output]
+    elif not output.is_dir():
         raise UserError(f"-o must be an existing folder when there are {len(inputs)} inputs")
-    return [output / (p.stem + suffix) for p in inputs]
+    else:
+        outputs = [output / (p.stem + suffix) for p in inputs]
+    seen: dict[Path, Path] = {}
+    for path, out in zip(inputs, outputs):
+        key = out.resolve()
+        if key in seen:
+            raise UserError(f"{seen[key]} and {path} would both be written to {out} (code them one at a time with -o)")
+        seen[key] = path
+        if out.exists() and not force:
+            raise UserError(f"{out} exists (use --force to overwrite)")
+    return outputs
 
 
 @cli.command()
@@ -100,10 +115,7 @@ def encode(inputs, output, model, quality, target_bpp, device, show_psnr, force)
     codec = registry.get_codec(model)
     if quality is not None and target_bpp is not None:
         raise UserError("give --quality or --target-bpp, not both")
-    outputs = _output_paths(inputs, output, ".vqz")
-    for path, out in zip(inputs, outputs):
-        if out.exists() and not force:
-            raise UserError(f"{out} exists (use --force to overwrite)")
+    outputs = _output_paths(inputs, output, ".vqz", force)
     with _progress(list(zip(inputs, outputs)), "encoding") as items:
         for path, out in items:
             picture = read_image(path)
@@ -112,11 +124,11 @@ def encode(inputs, output, model, quality, target_bpp, device, show_psnr, force)
             else:
                 container = codec.encode([picture], quality=quality, device=device)[0]
             data = serialize(container)
-            atomic_write(out, data, force=force)
             line = f"{path} -> {out}: {len(data):,} bytes, {8 * len(data) / picture.info.pixels:.4f} bpp"
-            if show_psnr:
+            if show_psnr:  # before writing: a failure here leaves no file behind
                 decoded = codec.decode([container], device=device)[0]
-                line += f", PSNR {psnr(picture.pixels, decoded.pixels):.2f} dB"
+                line += f", PSNR {psnr(picture.without_opaque_alpha().pixels, decoded.pixels):.2f} dB"
+            atomic_write(out, data, force=force)
             click.echo(line)
 
 
@@ -127,16 +139,14 @@ def encode(inputs, output, model, quality, target_bpp, device, show_psnr, force)
 @click.option("-f", "--force", is_flag=True, help="Overwrite existing outputs.")
 @friendly_errors
 def decode(inputs, output, device, force) -> None:
-    """Decode .vqz files to PNG."""
-    outputs = _output_paths(inputs, output, ".png")
-    for out in outputs:
-        if out.exists() and not force:
-            raise UserError(f"{out} exists (use --force to overwrite)")
-    with _progress(list(zip(inputs, outputs)), "decoding") as items:
-        for path, out in items:
+    """Decode .vqz files to PNG (or TIFF, BMP, PPM/PGM: by the -o file name's ending)."""
+    outputs = _output_paths(inputs, output, ".png", force)
+    formats = [output_format(out) for out in outputs]
+    with _progress(list(zip(inputs, outputs, formats)), "decoding") as items:
+        for path, out, fmt in items:
             container = parse(Path(path).read_bytes())
             picture = registry.codec_for(container).decode([container], device=device)[0]
-            atomic_write(out, png_bytes(picture), force=force)
+            atomic_write(out, image_bytes(picture, fmt), force=force)
             click.echo(f"{path} -> {out}: {picture.info.width}x{picture.info.height}")
 
 
@@ -206,13 +216,46 @@ def info(file: Path, as_json: bool) -> None:
 @cli.command()
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def models(as_json: bool) -> None:
-    """List the codecs this vqz has."""
-    rows = [
-        {"name": e.name, "default": e.name == registry.DEFAULT_IMAGE_CODEC, "description": e.description}
-        for e in registry.entries()
-    ]
+    """List the codecs this vqz has, with their quality ranges (-q) and defaults."""
+    rows = []
+    for e in registry.entries():
+        codec = registry.get_codec(e.name)  # loads the weights: the range comes from them
+        levels = codec.levels or None
+        rows.append(
+            {
+                "name": e.name,
+                "default": e.name == registry.DEFAULT_IMAGE_CODEC,
+                "description": e.description,
+                "qualities": [1, levels] if levels else None,
+                "default_quality": getattr(codec, "default_quality", None) if levels else None,
+            }
+        )
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
     for r in rows:
-        click.echo(f"{r['name']:18s} {'(default) ' if r['default'] else ''}{r['description']}")
+        q = f"-q 1..{r['qualities'][1]} (default {r['default_quality']:g})" if r["qualities"] else "no -q"
+        click.echo(f"{r['name']:15s} {'(default) ' if r['default'] else ''}{r['description']}; {q}")
+
+
+def run(args: Sequence[str] | None = None, prog_name: str = "vqz") -> None:
+    """Run `cli` as the console script: a usage error is one line and exit code 2 as well.
+
+    (click's own standalone mode prints a usage block of several lines first.)
+    """
+    try:
+        result = cli.main(args, prog_name=prog_name, standalone_mode=False)
+    except getattr(click.exceptions, "NoArgsIsHelpError", ()) as exc:  # plain `vqz`: the help, as click gives it
+        click.echo(exc.format_message(), err=True)
+        sys.exit(exc.exit_code)
+    except click.UsageError as exc:
+        where = exc.ctx.command_path if exc.ctx else prog_name
+        click.echo(f"{where}: error: {exc.format_message()} (see {where} --help)", err=True)
+        sys.exit(exc.exit_code)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except click.Abort:
+        click.echo("Aborted!", err=True)
+        sys.exit(1)
+    sys.exit(result if isinstance(result, int) else 0)

@@ -25,7 +25,10 @@ def atomic_write(path: str | os.PathLike, data: bytes, force: bool = False) -> N
         raise InvalidRequestError(f"{target} exists (use --force to overwrite)")
     if target.is_dir():
         raise InvalidRequestError(f"{target} is a directory")
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent or ".")
+    folder = target.parent
+    if not folder.is_dir():  # else the error would name mkstemp's temporary file
+        raise InvalidRequestError(f"{folder}: no such folder (for {target.name})")
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=folder)
     try:
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 files; outputs get the usual mode
         with os.fdopen(fd, "wb") as f:

@@ -17,6 +17,7 @@ from typing import Sequence
 import numpy as np
 
 from bitstream import Chunk, ChunkKind, Container
+from codec.errors import InvalidRequestError
 from codec.media import Picture
 from codec.registry import ImageCodec
 from entropy import CategoricalTable, CorruptStreamError, Decoder, Encoder
@@ -46,6 +47,8 @@ class LosslessDelta(ImageCodec):
     lossless = True
 
     def encode(self, pictures: Sequence[Picture], quality: float | None = None, device: str = "cpu") -> list[Container]:
+        if quality is not None:  # accepting and ignoring it would let a user believe it did something
+            raise InvalidRequestError(f"{self.codec_id} is exact and has no quality setting")
         return [self._encode_one(p) for p in pictures]
 
     def _encode_one(self, picture: Picture) -> Container:

@@ -2,24 +2,30 @@
 
 A `Picture` is an (H, W, C) uint8 array with C = 1 (grey), 3 (RGB) or
 4 (RGBA), plus the source's ICC profile. Conversions made on reading are
-exact (palette -> RGB/RGBA, bilevel -> grey, grey+alpha -> RGBA). Inputs
-that cannot be represented exactly (16-bit, CMYK, floating point) are
-refused with a message that says so, never truncated.
+exact (palette -> RGB/RGBA, bilevel -> grey, grey+alpha -> RGBA, or grey
+when the alpha is opaque; an EXIF orientation is applied, so the picture
+is the one a viewer shows). Inputs that cannot be represented exactly
+(more than 8 bits per sample, CMYK, floating point, several frames) are
+refused with a message that says so, never truncated: Pillow itself reads
+some 16-bit files (TIFF, PPM, JPEG 2000 in RGB) as 8-bit RGB without a
+word, so the depth the file declares is checked as well.
 """
 
 from __future__ import annotations
 
 import io
 import os
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from bitstream import ImageInfo, Limits
-from codec.errors import UnsupportedMediaError
+from codec.errors import InvalidRequestError, UnsupportedMediaError
 
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_EXIF_ORIENTATION = 0x0112
 
 
 @dataclass
@@ -59,29 +65,91 @@ def _png_bit_depth(head: bytes) -> int | None:
     return None
 
 
+def _jpeg2000_bit_depth(data: bytes) -> int | None:
+    """Deepest component of a JPEG 2000 codestream (SIZ marker), wrapped in a .jp2 box or bare."""
+    siz = data.find(b"\xff\x4f\xff\x51", 0, 1 << 16)  # start of codestream, then SIZ
+    if siz < 0 or len(data) < siz + 42:
+        return None
+    components = int.from_bytes(data[siz + 40 : siz + 42], "big")
+    depths = data[siz + 42 : siz + 42 + 3 * components : 3]
+    return max(((d & 0x7F) + 1 for d in depths), default=None)
+
+
+def _avif_bit_depth(data: bytes) -> int | None:
+    """Bits per channel from an AVIF file's `pixi` property box."""
+    box = data.find(b"pixi", 0, 1 << 16)
+    if box < 4 or len(data) < box + 9:
+        return None
+    channels = data[box + 8]
+    return max(data[box + 9 : box + 9 + channels], default=None)
+
+
+def declared_bit_depth(data: bytes, im: Image.Image) -> int:
+    """Bits per sample the file declares, where Pillow's mode may hide it (8 when nothing says more)."""
+    depth: int | None = None
+    if im.format == "PNG":
+        depth = _png_bit_depth(data[:32])
+    elif im.format == "TIFF":
+        bits = im.tag_v2.get(258, 8)  # BitsPerSample, one per sample
+        depth = max(bits) if isinstance(bits, tuple) else int(bits)
+    elif im.format == "PPM":
+        maxval = max((t.args[1] for t in im.tile if len(t.args) > 1 and isinstance(t.args[1], int)), default=255)
+        depth = 16 if maxval > 255 else 8
+    elif im.format == "JPEG2000":
+        depth = _jpeg2000_bit_depth(data)
+    elif im.format == "AVIF":
+        depth = _avif_bit_depth(data)
+    return depth or 8
+
+
+def _open(data: bytes, name: str) -> Image.Image:
+    """Pillow's lazy open (header only), its failures as one-line errors."""
+    try:
+        with warnings.catch_warnings():
+            # vqz checks its own pixel limit right after; Pillow's warning would be a second, multi-line say
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            return Image.open(io.BytesIO(data))
+    except UnidentifiedImageError:
+        raise UnsupportedMediaError(f"{name}: not an image file Pillow can read") from None
+    except Image.DecompressionBombError as exc:
+        raise UnsupportedMediaError(f"{name}: too many pixels to read safely ({exc})") from None
+    except (OSError, ValueError, RuntimeError, SyntaxError, EOFError) as exc:  # some plugins decode on open
+        raise UnsupportedMediaError(f"{name}: the image data is damaged ({exc})") from None
+
+
 def load_image(data: bytes, name: str = "input", limits: Limits = Limits()) -> Picture:
     """Decode image file bytes (PNG, JPEG, WebP, TIFF, ... whatever Pillow reads)."""
     if _png_bit_depth(data[:32]) == 16:
         raise UnsupportedMediaError(f"{name}: 16-bit images are not supported yet (convert to 8 bits first)")
-    try:
-        im = Image.open(io.BytesIO(data))
-    except UnidentifiedImageError:
-        raise UnsupportedMediaError(f"{name}: not an image file Pillow can read") from None
+    im = _open(data, name)
     w, h = im.size
     if w * h > limits.max_pixels:
         raise UnsupportedMediaError(f"{name}: {w}x{h} pixels exceed the limit of {limits.max_pixels}")
+    if getattr(im, "n_frames", 1) > 1:
+        raise UnsupportedMediaError(
+            f"{name}: has {im.n_frames} frames; vqz codes still images (extract one frame first)"
+        )
     icc = im.info.get("icc_profile") or None
     mode = im.mode
     if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
         raise UnsupportedMediaError(f"{name}: {mode} images (16/32-bit or float) are not supported yet")
     if mode in ("CMYK", "LAB", "HSV"):
         raise UnsupportedMediaError(f"{name}: {mode} images are not supported (convert to RGB first)")
+    depth = declared_bit_depth(data, im)
+    if depth > 8:
+        raise UnsupportedMediaError(f"{name}: {depth}-bit images are not supported yet (convert to 8 bits first)")
+    try:
+        if im.getexif().get(_EXIF_ORIENTATION, 1) != 1:
+            im = ImageOps.exif_transpose(im)  # the picture as viewers show it; the tag is dropped
+    except (OSError, ValueError, SyntaxError) as exc:  # Pillow's EXIF parser raises SyntaxError too
+        raise UnsupportedMediaError(f"{name}: the image data is damaged ({exc})") from None
     if mode == "1":
         im = im.convert("L")
     elif mode == "P" or mode == "PA":
         im = im.convert("RGBA" if ("transparency" in im.info or mode == "PA") else "RGB")
     elif mode == "LA":
-        im = im.convert("RGBA")
+        alpha = im.getchannel("A")
+        im = im.convert("L") if alpha.getextrema() == (255, 255) else im.convert("RGBA")
     elif mode == "YCbCr":
         im = im.convert("RGB")
     try:
@@ -92,8 +160,12 @@ def load_image(data: bytes, name: str = "input", limits: Limits = Limits()) -> P
 
 
 def read_image(path: str | os.PathLike, limits: Limits = Limits()) -> Picture:
-    with open(path, "rb") as f:
-        data = f.read()
+    """`load_image` of a file; a file that cannot be read is an `UnsupportedMediaError` too."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as exc:
+        raise UnsupportedMediaError(f"{os.fspath(path)}: {exc.strerror or exc}") from None
     return load_image(data, os.fspath(path), limits)
 
 
@@ -103,10 +175,44 @@ def psnr(reference: np.ndarray, decoded: np.ndarray) -> float:
     return 100.0 if mse == 0 else 10 * float(np.log10(255.0**2 / mse))
 
 
-def png_bytes(picture: Picture) -> bytes:
-    """The picture as a PNG file (with its ICC profile, if any)."""
+#: What `vqz decode` writes, by the output's file name ending: lossless formats only, so that writing
+#: the decoded picture adds no loss of its own (a .jpg would be a second, silent lossy coding).
+OUTPUT_FORMATS = {
+    "": "PNG",
+    ".png": "PNG",
+    ".tif": "TIFF",
+    ".tiff": "TIFF",
+    ".bmp": "BMP",
+    ".ppm": "PPM",
+    ".pgm": "PPM",
+    ".pnm": "PPM",
+}
+_WITHOUT_ICC = ("BMP", "PPM")
+
+
+def output_format(path: str | os.PathLike) -> str:
+    """The Pillow format for an output file name (a name without an ending gets PNG)."""
+    suffix = os.path.splitext(os.fspath(path))[1].lower()
+    if suffix not in OUTPUT_FORMATS:
+        raise InvalidRequestError(
+            f"{os.fspath(path)}: decoded images are written as .png, .tif, .bmp or .ppm/.pgm (lossless), not {suffix}"
+        )
+    return OUTPUT_FORMATS[suffix]
+
+
+def image_bytes(picture: Picture, fmt: str = "PNG") -> bytes:
+    """The picture as a file of `fmt` (an `OUTPUT_FORMATS` value), ICC profile included."""
     p = picture.pixels
+    if fmt in _WITHOUT_ICC and picture.icc:
+        raise UnsupportedMediaError(f"{fmt} cannot hold this image's ICC colour profile: write .png or .tif")
+    if fmt == "PPM" and p.shape[2] == 4:
+        raise UnsupportedMediaError("PPM cannot hold an alpha channel: write .png, .tif or .bmp")
     im = Image.fromarray(p[:, :, 0] if p.shape[2] == 1 else p)
     out = io.BytesIO()
-    im.save(out, format="PNG", icc_profile=picture.icc) if picture.icc else im.save(out, format="PNG")
+    im.save(out, format=fmt, **({"icc_profile": picture.icc} if picture.icc else {}))
     return out.getvalue()
+
+
+def png_bytes(picture: Picture) -> bytes:
+    """The picture as a PNG file (with its ICC profile, if any)."""
+    return image_bytes(picture, "PNG")

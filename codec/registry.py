@@ -44,7 +44,8 @@ class ImageCodec(abc.ABC):
         """The highest quality whose whole file is at most `target_bpp` bits per pixel.
 
         Bisection over the continuous quality range (file size grows with
-        quality); if even the lowest quality is larger, that one is returned.
+        quality). If even the lowest quality is larger, the request cannot be
+        met and is refused (the message says what the lowest quality gives).
         """
         if not self.levels:
             raise InvalidRequestError(f"{self.codec_id} has no quality setting, so --target-bpp does not apply")
@@ -58,7 +59,9 @@ class ImageCodec(abc.ABC):
 
         best, bpp = attempt(1.0)
         if bpp > target_bpp:
-            return best
+            raise InvalidRequestError(
+                f"a target of {target_bpp:g} bpp is out of reach: {self.codec_id}'s lowest quality gives {bpp:.4f} bpp"
+            )
         top, top_bpp = attempt(float(self.levels))
         if top_bpp <= target_bpp:
             return top

@@ -14,7 +14,7 @@ from click.testing import CliRunner
 from conftest import SAMPLE, VECTORS
 from PIL import Image
 
-from codec.cli import cli
+from codec.cli import cli, run
 
 
 @pytest.fixture()
@@ -60,6 +60,55 @@ def test_several_inputs_into_a_folder(runner, tmp_path):
     _ok(runner.invoke(cli, ["encode", str(a), str(b), "-o", str(outdir), "-q", "2"]))
     assert sorted(p.name for p in outdir.iterdir()) == ["a.vqz", "b.vqz"]
     _bad(runner.invoke(cli, ["encode", str(a), str(b), "-o", str(tmp_path / "nope")]), "folder")
+
+
+def test_two_inputs_for_one_output_are_refused_before_any_work(runner, tmp_path):
+    a = tmp_path / "p.png"
+    shutil.copy(SAMPLE, a)
+    Image.open(SAMPLE).convert("RGB").save(tmp_path / "p.bmp")
+    for extra in ([], ["--force"]):
+        _bad(runner.invoke(cli, ["encode", str(a), str(tmp_path / "p.bmp"), *extra]), "would both be written")
+    assert not (tmp_path / "p.vqz").exists()
+
+
+def test_psnr_of_an_opaque_rgba_input(runner, tmp_path):
+    rgba = tmp_path / "rgba.png"
+    Image.open(SAMPLE).convert("RGBA").save(rgba)
+    out = _ok(runner.invoke(cli, ["encode", str(rgba), "--psnr"]))
+    assert "PSNR" in out.output
+
+
+def test_decode_writes_the_format_the_name_asks_for(runner, tmp_path):
+    src = tmp_path / "p.vqz"
+    _ok(runner.invoke(cli, ["encode", str(SAMPLE), "--model", "lossless-delta", "-o", str(src)]))
+    _bad(runner.invoke(cli, ["decode", str(src), "-o", str(tmp_path / "p.jpg")]), "lossless")
+    assert not (tmp_path / "p.jpg").exists()
+    _ok(runner.invoke(cli, ["decode", str(src), "-o", str(tmp_path / "p.tif")]))
+    back = Image.open(tmp_path / "p.tif")
+    assert back.format == "TIFF" and np.array_equal(np.asarray(back), np.asarray(Image.open(SAMPLE)))
+    _bad(runner.invoke(cli, ["decode", str(src), "-o", str(tmp_path / "nope" / "p.png")]), "no such folder")
+
+
+def test_unreachable_target_bpp_writes_nothing(runner, tmp_path):
+    out = tmp_path / "t.vqz"
+    _bad(runner.invoke(cli, ["encode", str(SAMPLE), "--target-bpp", "0.001", "-o", str(out)]), "out of reach")
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (["encode", "-q", "abc", "x.png"], "'abc' is not a valid float"),
+        (["encode"], "Missing argument"),
+        (["--bogus"], "No such option"),
+        (["nosuch"], "No such command"),
+    ],
+)
+def test_usage_errors_of_the_console_script_are_one_line(capsys, args, needle):
+    with pytest.raises(SystemExit) as done:
+        run(args)
+    err = capsys.readouterr().err
+    assert done.value.code == 2 and len(err.strip().splitlines()) == 1 and needle in err, err
 
 
 def test_refuses_to_overwrite_without_force(runner, tmp_path):
@@ -138,8 +187,10 @@ def test_info_reads_every_vector(runner, vector_index):
 
 def test_models_lists_the_registry(runner):
     out = _ok(runner.invoke(cli, ["models", "--json"]))
-    names = {m["name"] for m in json.loads(out.output)}
-    assert {"hyperprior-gmm", "lossless-delta"} <= names
+    rows = {m["name"]: m for m in json.loads(out.output)}
+    assert {"hyperprior-gmm", "lossless-delta"} <= set(rows)
+    assert rows["hyperprior-gmm"]["qualities"] == [1, 11] and rows["lossless-delta"]["qualities"] is None
+    assert "-q 1..11 (default 6)" in _ok(runner.invoke(cli, ["models"])).output
 
 
 def test_installed_console_script_finds_its_weights(tmp_path):

@@ -99,3 +99,9 @@ def test_bdrate_cli(tmp_path):
     (tmp_path / "bad.json").write_text("{}")
     r = runner.invoke(cli, ["bdrate", str(tmp_path / "ref.json"), str(tmp_path / "bad.json")])
     assert r.exit_code == 2 and "schema" in r.stderr
+    (tmp_path / "binary.json").write_bytes(b"\x89PNG\r\n")
+    (tmp_path / "short.json").write_text(json.dumps({"results": {"bpp": [1, 2], "psnr-rgb": [30]}}))
+    (tmp_path / "point.json").write_text(json.dumps({"results": {"bpp": [1], "psnr-rgb": [30]}}))
+    for name, needle in (("binary", "schema"), ("short", "one number per bpp"), ("point", "two points")):
+        r = runner.invoke(cli, ["bdrate", str(tmp_path / "ref.json"), str(tmp_path / f"{name}.json")])
+        assert r.exit_code == 2 and needle in r.stderr and "Traceback" not in r.output, r.output

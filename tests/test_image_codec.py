@@ -51,6 +51,8 @@ def test_target_bpp_lands_at_or_under_the_target(gmm, sample_pixels):
     target = (low + high) / 2
     got = 8 * len(serialize(gmm.encode_to_bpp(picture, target))) / pixels
     assert got <= target and got > low
+    with pytest.raises(InvalidRequestError, match="out of reach"):  # "at most" cannot be kept: no file
+        gmm.encode_to_bpp(picture, low / 2)
 
 
 def test_batch_equals_one_by_one(gmm, sample_pixels):
@@ -158,3 +160,13 @@ def test_library_api_batches_and_reports_errors(sample_pixels):
     assert "hyperprior-gmm" in codec.list_codecs()
     with pytest.raises(codec.VqzError):
         codec.decode([b"not a vqz file"])
+    # one item where a list is due: refused, not iterated (an image's rows are no batch)
+    for call, arg in ((codec.encode, sample_pixels), (codec.decode, files[0]), (codec.decode, "p.vqz")):
+        with pytest.raises(InvalidRequestError, match="list"):
+            call(arg)
+    with pytest.raises(InvalidRequestError, match="not the bytes"):
+        codec.decode(["p.vqz"])
+    with pytest.raises(codec.VqzError, match="missing.png"):
+        codec.encode(["missing.png"])
+    with pytest.raises(InvalidRequestError, match="no quality"):
+        codec.encode([sample_pixels[:8, :8]], model="lossless-delta", quality=3)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+import struct
+import zlib
 
 import numpy as np
 import pytest
@@ -10,7 +12,7 @@ from PIL import Image
 
 from codec.errors import InvalidRequestError, UnsupportedMediaError
 from codec.fileio import _umask, atomic_write
-from codec.media import Picture, load_image, png_bytes
+from codec.media import Picture, _avif_bit_depth, image_bytes, load_image, output_format, png_bytes
 
 
 def _encode(im: Image.Image, fmt: str = "PNG", **kw) -> bytes:
@@ -39,6 +41,70 @@ def test_sixteen_bit_and_cmyk_are_refused():
         load_image(_encode(cmyk, "JPEG"))
 
 
+def _patched(data: bytes, marker: bytes, offset: int, value: int) -> bytes:
+    at = data.index(marker) + offset
+    return data[:at] + bytes([value]) + data[at + 1 :]
+
+
+def test_deep_files_that_pillow_reads_as_8_bit_are_refused():
+    """Pillow reads 16-bit PPM (and RGB TIFF, JPEG 2000) as 8-bit RGB without a word: the declared depth decides."""
+    rng = np.random.default_rng(2)
+    ppm = b"P6 8 8 65535\n" + rng.integers(0, 65536, (8, 8, 3), dtype=np.uint16).astype(">u2").tobytes()
+    assert Image.open(io.BytesIO(ppm)).mode == "RGB"
+    with pytest.raises(UnsupportedMediaError, match="16-bit"):
+        load_image(ppm)
+    rgb = Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8))
+    # a JPEG 2000 file whose SIZ marker declares 16 bits (first component's Ssiz = bits - 1)
+    j2k = _patched(_encode(rgb, "JPEG2000"), b"\xff\x4f\xff\x51", 42, 15)
+    with pytest.raises(UnsupportedMediaError, match="16-bit"):
+        load_image(j2k)
+    # AVIF's pixi box (libavif checks the whole file on open, so the reader is tested alone)
+    avif = _encode(rgb, "AVIF")
+    assert _avif_bit_depth(avif) == 8 and _avif_bit_depth(_patched(avif, b"pixi", 9, 10)) == 10
+    with pytest.raises(UnsupportedMediaError, match="damaged"):
+        load_image(_patched(avif, b"pixi", 9, 10))
+    for fmt in ("PPM", "JPEG2000", "AVIF", "TIFF"):  # their 8-bit files still load
+        assert load_image(_encode(rgb, fmt)).pixels.shape == (16, 16, 3)
+
+
+def test_orientation_frames_opaque_grey_alpha_and_huge_headers():
+    rng = np.random.default_rng(3)
+    pixels = rng.integers(0, 256, (6, 10, 3), dtype=np.uint8)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 degrees clockwise to display"
+    turned = load_image(_encode(Image.fromarray(pixels), exif=exif))
+    assert np.array_equal(turned.pixels, np.rot90(pixels, k=-1))
+    frames = [Image.fromarray(pixels), Image.fromarray(255 - pixels)]
+    gif = io.BytesIO()
+    frames[0].save(gif, format="GIF", save_all=True, append_images=frames[1:])
+    with pytest.raises(UnsupportedMediaError, match="2 frames"):
+        load_image(gif.getvalue())
+    grey = rng.integers(0, 256, (5, 6), dtype=np.uint8)
+    la = Image.fromarray(np.dstack([grey, np.full_like(grey, 255)]), "LA")
+    pic = load_image(_encode(la))
+    assert pic.pixels.shape == (5, 6, 1) and np.array_equal(pic.pixels[:, :, 0], grey)
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    header = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 20000, 10000, 8, 2, 0, 0, 0))
+    with pytest.raises(UnsupportedMediaError, match="too many pixels"):
+        load_image(header + chunk(b"IEND", b""))
+
+
+def test_decoded_images_are_written_in_lossless_formats_only():
+    p = Picture(np.random.default_rng(4).integers(0, 256, (9, 7, 3), dtype=np.uint8))
+    for name in ("a.png", "a.tif", "a.TIFF", "a.bmp", "a.ppm", "a"):
+        assert np.array_equal(load_image(image_bytes(p, output_format(name))).pixels, p.pixels), name
+    for name in ("a.jpg", "a.webp", "a.avif"):
+        with pytest.raises(InvalidRequestError, match="lossless"):
+            output_format(name)
+    with pytest.raises(UnsupportedMediaError, match="alpha"):
+        image_bytes(Picture(np.zeros((2, 2, 4), np.uint8)), "PPM")
+    with pytest.raises(UnsupportedMediaError, match="ICC"):
+        image_bytes(Picture(p.pixels, icc=b"icc"), "BMP")
+
+
 def test_not_an_image_and_damaged_image():
     with pytest.raises(UnsupportedMediaError, match="not an image"):
         load_image(b"plain text")
@@ -62,3 +128,5 @@ def test_atomic_write_never_clobbers(tmp_path):
     assert target.read_bytes() == b"three"
     assert [p.name for p in tmp_path.iterdir()] == ["out.bin"]
     assert target.stat().st_mode & 0o777 == 0o666 & ~_umask()
+    with pytest.raises(InvalidRequestError, match="no such folder"):
+        atomic_write(tmp_path / "nope" / "out.bin", b"x")

@@ -20,6 +20,9 @@ from scipy.interpolate import PchipInterpolator
 
 from bitstream.errors import VqzError
 
+#: The quality curves a results file may carry (CompressAI's schema; "psnr" in its older files).
+QUALITY_METRICS = ("psnr-rgb", "psnr", "ms-ssim", "ms-ssim-db")
+
 
 class CurvesDoNotOverlapError(VqzError):
     """The two curves share no quality (or rate) range, so no delta is defined."""
@@ -69,12 +72,16 @@ def bd_quality(ref_rate, ref_quality, test_rate, test_quality) -> float:
 def load_results(path: str | Path) -> dict:
     """A results file in CompressAI's schema: {"name", "results": {"bpp": [...], "psnr-rgb": [...], ...}}."""
     try:
-        doc = json.loads(Path(path).read_text())
+        doc = json.loads(Path(path).read_text(encoding="utf-8"))
         results = doc["results"]
         if not isinstance(results.get("bpp"), list):
             raise KeyError("bpp")
-    except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as exc:
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, AttributeError) as exc:
         raise InvalidResultsError(f"{path}: not a results file in CompressAI's schema ({exc})") from None
+    for metric in ("bpp", *QUALITY_METRICS):  # every curve: a list of numbers, one per rate point
+        values = results.get(metric, results["bpp"])
+        if len(values) != len(results["bpp"]) or not all(isinstance(v, (int, float)) for v in values):
+            raise InvalidResultsError(f"{path}: {metric!r} needs one number per bpp value ({len(results['bpp'])})")
     doc.setdefault("name", Path(path).stem)
     if "psnr-rgb" not in results and "psnr" in results:  # CompressAI's older files call it "psnr"
         results["psnr-rgb"] = results["psnr"]
@@ -90,10 +97,13 @@ def compare(ref: dict, test: dict, metric: str = "psnr-rgb") -> dict:
     r, t = ref["results"], test["results"]
     if metric not in r or metric not in t:
         raise InvalidResultsError(f"both results need the metric {metric!r}")
-    return {
-        "reference": ref["name"],
-        "test": test["name"],
-        "metric": metric,
-        "bd_rate_pct": bd_rate(r["bpp"], r[metric], t["bpp"], t[metric]),
-        "bd_quality": bd_quality(r["bpp"], r[metric], t["bpp"], t[metric]),
-    }
+    try:
+        return {
+            "reference": ref["name"],
+            "test": test["name"],
+            "metric": metric,
+            "bd_rate_pct": bd_rate(r["bpp"], r[metric], t["bpp"], t[metric]),
+            "bd_quality": bd_quality(r["bpp"], r[metric], t["bpp"], t[metric]),
+        }
+    except ValueError as exc:  # too few points, or a curve that is not monotonic
+        raise InvalidResultsError(f"{ref['name']} vs {test['name']}: {exc}") from None

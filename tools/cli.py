@@ -13,7 +13,7 @@ from pathlib import Path
 
 import click
 
-from codec.cli import UserError, cli, friendly_errors
+from codec.cli import UserError, cli, friendly_errors, run
 from tools.options import data_root_option
 
 
@@ -282,7 +282,7 @@ def bench_vq(ctx, kodak, repeats, as_json) -> None:
 def main() -> None:
     # compressai's import triggers a torch deprecation warning a CLI user can do nothing about
     warnings.filterwarnings("ignore", message=r"`torch.jit.script` is deprecated", category=FutureWarning)
-    cli(prog_name="vqz")
+    run(prog_name="vqz")
 
 
 if __name__ == "__main__":
