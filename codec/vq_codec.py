@@ -12,15 +12,20 @@ The ladder of (levels kept, entries of the finest kept level) is stored in
 the weights; `--quality p` picks point p (fractional qualities round down,
 so `--target-bpp` still finds the best point under a size).
 
-Indices are range-coded under static categorical tables, one per level,
-codebook and codebook size, whose integer frequencies were counted on
-training photos at export time and are stored in the weights: the decoder
-needs no floating point to rebuild them, so every machine reads the same
-indices. Pixels come from the synthesis transform (GDN as matrix products,
-as in hyperprior-gmm, so they do not depend on the thread count).
+Indices are range-coded under categorical tables chosen by context
+(`IndexContexts`): for codebook m of a level, the group of its co-located
+parent (the same codebook's index at the next coarser level, decoded
+before) and the group of codebook m-1's index at the same position. The
+groups cluster indices whose following indices are alike; they and the
+tables' integer frequencies were fitted on training photos at export time
+and are stored in the weights, so the decoder needs no floating point to
+rebuild them and every machine reads the same indices. Pixels come from
+the synthesis transform (GDN as matrix products, as in hyperprior-gmm, so
+they do not depend on the thread count).
 
 A DATA chunk is one range-coded stream: for each kept level, coarsest
-first, for each codebook in order, that codebook's indices in raster order.
+first, for each codebook in order, for each context in order, the indices
+of that codebook whose context it is, in raster order.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ import copy
 import io
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -45,6 +51,55 @@ CODEC_ID = "vq-mcq"
 def codebook_key(level: int, entries: int) -> str:
     """How the weights name the codebooks (and tables) of `level` with `entries` entries."""
     return f"{level}/{entries}"
+
+
+@dataclass(frozen=True)
+class IndexContexts:
+    """Which table codes each index of one level and codebook size (all M codebooks).
+
+    `parent[m]` maps an index of codebook m at the next coarser level to its
+    group (None at the coarsest level); `previous[m]` maps an index of
+    codebook m-1 at this level to its group (row 0 is unused: codebook 0 has
+    no predecessor). The context is parent group x `previous_groups` +
+    previous group: `contexts` tables per codebook.
+    """
+
+    parent: np.ndarray | None  # (M, parent entries) -> 0..parent_groups-1
+    previous: np.ndarray  # (M, entries) -> 0..previous_groups-1
+    parent_groups: int
+    previous_groups: int
+
+    @property
+    def contexts(self) -> int:
+        return self.parent_groups * self.previous_groups
+
+    @classmethod
+    def from_state(cls, state: dict) -> "IndexContexts":
+        parent = state.get("parent")
+        return cls(
+            None if parent is None else np.asarray(parent, dtype=np.int64),
+            np.asarray(state["previous"], dtype=np.int64),
+            int(state["parent_groups"]),
+            int(state["previous_groups"]),
+        )
+
+    def ids(self, m: int, parent: np.ndarray | None, previous: np.ndarray | None, shape: tuple[int, int]) -> np.ndarray:
+        """Context ids `shape` = (h, w) of codebook m, from the coarser level's indices of codebook m
+        (h/2, w/2; None at the coarsest level) and this level's indices of codebook m-1 (None for m = 0)."""
+        ids = np.zeros(shape, np.int64)
+        if self.parent is not None and parent is not None:
+            ids += self.parent[m][parent.repeat(2, axis=0).repeat(2, axis=1)] * self.previous_groups
+        if m > 0 and previous is not None:
+            ids += self.previous[m][previous]
+        return ids
+
+
+def _code_order(ids: np.ndarray, contexts: int) -> list[tuple[int, np.ndarray]]:
+    """(context, raster positions) for every context that occurs, in context order: what the stream holds."""
+    flat = ids.reshape(-1)
+    order = np.argsort(flat, kind="stable")
+    bounds = np.searchsorted(flat[order], np.arange(contexts + 1))
+    return [(g, order[bounds[g] : bounds[g + 1]]) for g in range(contexts) if bounds[g + 1] > bounds[g]]
 
 
 class VQCodec(TiledImageCodec):
@@ -66,14 +121,21 @@ class VQCodec(TiledImageCodec):
         }
         for key, kv in state["derived"].items():
             self.codebooks[key] = (kv["keys"].float(), kv["values"].float())
+        if "contexts" not in state:
+            raise shipped.WeightsError(f"{CODEC_ID} weights predate index contexts (session 8): export them again")
+        # tables[key][m][context]
         self.tables = {
-            key: [CategoricalTable(np.asarray(f, dtype=np.int64)) for f in freqs]
+            key: [[CategoricalTable(np.asarray(f, dtype=np.int64)) for f in per_context] for per_context in freqs]
             for key, freqs in state["frequencies"].items()
         }
+        self.contexts = {key: IndexContexts.from_state(c) for key, c in state["contexts"].items()}
         for keep, entries in self.ladder:  # a ladder point without its codebook or tables is a broken file
             for level, size in self.codebook_sizes(keep, entries).items():
-                if codebook_key(level, size) not in self.codebooks or codebook_key(level, size) not in self.tables:
-                    raise shipped.WeightsError(f"{CODEC_ID} weights lack codebook {codebook_key(level, size)}")
+                key = codebook_key(level, size)
+                if key not in self.codebooks or key not in self.tables or key not in self.contexts:
+                    raise shipped.WeightsError(f"{CODEC_ID} weights lack codebook {key} or its tables")
+                if any(len(t) != self.contexts[key].contexts for t in self.tables[key]):
+                    raise shipped.WeightsError(f"{CODEC_ID} weights: codebook {key} has tables for other contexts")
         self._analysis = frozen(self.model.g_a)
         self._synthesis = frozen(self.model.g_s)
         self._devices: dict[str, tuple] = {}
@@ -119,9 +181,18 @@ class VQCodec(TiledImageCodec):
         payloads = []
         for b in range(x.shape[0]):
             enc = Encoder()
-            for level, idx in coded:
-                for m, table in enumerate(self.tables[codebook_key(level, sizes[level])]):
-                    enc.categorical(idx[b, m].reshape(-1), table)
+            parent = None
+            for level, idx in coded:  # coarsest first
+                key = codebook_key(level, sizes[level])
+                contexts = self.contexts[key]
+                for m, tables in enumerate(self.tables[key]):
+                    symbols = idx[b, m]
+                    previous = idx[b, m - 1] if m else None
+                    ids = contexts.ids(m, None if parent is None else parent[m], previous, symbols.shape)
+                    symbols = symbols.reshape(-1)
+                    for g, positions in _code_order(ids, contexts.contexts):
+                        enc.categorical(symbols[positions], tables[g])
+                parent = idx[b]
             payloads.append(enc.finish())
         return payloads
 
@@ -154,16 +225,22 @@ class VQCodec(TiledImageCodec):
         """Indices (M, h, w) per kept level from one tile's stream, checked against the codebook sizes."""
         ph, pw = shape
         dec = Decoder(payload)
-        indices = {}
-        for level, size in sizes.items():
+        indices: dict[int, np.ndarray] = {}
+        parent = None
+        for level, size in sizes.items():  # coarsest first
             h, w = ph >> (4 + level), pw >> (4 + level)
-            rows = []
-            for table in self.tables[codebook_key(level, size)]:
-                idx = dec.categorical(table, h * w)
+            key = codebook_key(level, size)
+            contexts = self.contexts[key]
+            rows: list[np.ndarray] = []
+            for m, tables in enumerate(self.tables[key]):
+                ids = contexts.ids(m, None if parent is None else parent[m], rows[m - 1] if m else None, (h, w))
+                idx = np.empty(h * w, np.int64)
+                for g, positions in _code_order(ids, contexts.contexts):
+                    idx[positions] = dec.categorical(tables[g], positions.size)
                 if idx.size and (idx.min() < 0 or idx.max() >= size):
                     raise CorruptStreamError(f"level {level} holds an index outside its {size}-entry codebook")
                 rows.append(idx.reshape(h, w))
-            indices[level] = np.stack(rows).astype(np.int64)
+            indices[level] = parent = np.stack(rows)
         return indices
 
 

@@ -118,7 +118,7 @@ def test_an_index_outside_the_codebook_is_a_corrupt_stream(tiny_codec, sample_pi
 
     container = tiny_codec.encode([Picture.from_array(sample_pixels[:64, :64])], quality=1)[0]
     enc = Encoder()
-    table = tiny_codec.tables[codebook_key(2, 16)][0]
+    table = tiny_codec.tables[codebook_key(2, 16)][0][0]  # coarsest level, codebook 0: its one context
     enc.categorical(np.array([99]), table)  # escape-coded: decodes to 99, not a valid index
     bad = dataclasses.replace(container, chunks=[dataclasses.replace(container.chunks[0], data=enc.finish())])
     with pytest.raises(CorruptStreamError, match="outside"):
@@ -159,3 +159,38 @@ def test_the_shipped_vq_codec_codes_the_sample(sample_pixels):
         rates.append(8 * len(data) / picture.info.pixels)
     assert rates[0] < rates[1] < 0.25
     assert psnr(picture.pixels, decoded.pixels) > 20.0  # top rate point; a broken model gives ~10 dB
+
+
+def test_index_contexts_and_the_stream_order():
+    from codec.vq_codec import IndexContexts, _code_order
+
+    ctx = IndexContexts(
+        parent=np.array([[0, 1, 1, 0], [1, 0, 0, 1]]),
+        previous=np.array([[0, 0, 0, 0], [0, 1, 2, 2]]),
+        parent_groups=2,
+        previous_groups=3,
+    )
+    parent = np.array([[1, 3]])  # (1, 2) at the coarser level -> (2, 4) here
+    previous = np.array([[0, 1, 2, 3], [3, 2, 1, 0]])
+    assert ctx.contexts == 6
+    np.testing.assert_array_equal(ctx.ids(0, parent, None, (2, 4)), [[3, 3, 0, 0], [3, 3, 0, 0]])
+    np.testing.assert_array_equal(ctx.ids(1, parent, previous, (2, 4)), [[0, 1, 5, 5], [2, 2, 4, 3]])
+    np.testing.assert_array_equal(ctx.ids(1, None, previous, (2, 4)), [[0, 1, 2, 2], [2, 2, 1, 0]])
+    ids = np.random.default_rng(0).integers(0, 6, (5, 7))
+    order = _code_order(ids, 6)
+    assert [g for g, _ in order] == sorted({int(v) for v in ids.reshape(-1)})
+    positions = np.concatenate([p for _, p in order])
+    assert sorted(positions.tolist()) == list(range(35))  # every position once
+    for g, p in order:  # raster order within a context
+        assert np.all(ids.reshape(-1)[p] == g) and np.all(np.diff(p) > 0)
+
+
+def test_exported_contexts_fit_the_codebooks(tiny_codec):
+    for key, ctx in tiny_codec.contexts.items():
+        level, entries = (int(v) for v in key.split("/"))
+        assert (ctx.parent is None) == (level == TINY.levels - 1)
+        assert ctx.previous.shape == (TINY.codebooks, entries) and ctx.previous.max() < ctx.previous_groups
+        if ctx.parent is not None:
+            assert ctx.parent.shape == (TINY.codebooks, TINY.entries) and ctx.parent.max() < ctx.parent_groups
+        assert all(len(t) == ctx.contexts for t in tiny_codec.tables[key])
+        assert all(t.size == entries for per_context in tiny_codec.tables[key] for t in per_context)
