@@ -37,8 +37,10 @@ def encode(
 ) -> list[bytes]:
     """Encode many images at once; returns one complete .vqz file (bytes) per image.
 
-    `images` is a list (or a (B, H, W, C) array); a single image is refused
-    rather than read as a batch of its rows.
+    `images` is a list, or a (B, H, W, C) array; any array of fewer
+    dimensions is refused rather than guessed at (an (H, W, 3) image would
+    be read as a batch of its rows): pass a batch of grey images as
+    (B, H, W, 1) or as a list.
     """
     if isinstance(images, (str, os.PathLike)) or (isinstance(images, np.ndarray) and images.ndim < 4):
         raise InvalidRequestError("encode takes a list of images; for one image pass [image]")

@@ -127,7 +127,10 @@ def encode(inputs, output, model, quality, target_bpp, device, show_psnr, force)
             line = f"{path} -> {out}: {len(data):,} bytes, {8 * len(data) / picture.info.pixels:.4f} bpp"
             if show_psnr:  # before writing: a failure here leaves no file behind
                 decoded = codec.decode([container], device=device)[0]
-                line += f", PSNR {psnr(picture.without_opaque_alpha().pixels, decoded.pixels):.2f} dB"
+                reference = picture.pixels  # what was coded: opaque alpha is dropped by the lossy codecs only
+                if reference.shape[2] != decoded.pixels.shape[2]:
+                    reference = picture.without_opaque_alpha().pixels
+                line += f", PSNR {psnr(reference, decoded.pixels):.2f} dB"
             atomic_write(out, data, force=force)
             click.echo(line)
 
@@ -215,11 +218,18 @@ def info(file: Path, as_json: bool) -> None:
 
 @cli.command()
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@friendly_errors
 def models(as_json: bool) -> None:
     """List the codecs this vqz has, with their quality ranges (-q) and defaults."""
     rows = []
     for e in registry.entries():
-        codec = registry.get_codec(e.name)  # loads the weights: the range comes from them
+        try:
+            codec = registry.get_codec(e.name)  # loads the weights: the range comes from them
+        except VqzError as exc:  # one broken weights file should not hide the other codecs
+            rows.append({"name": e.name, "default": e.name == registry.DEFAULT_IMAGE_CODEC,
+                         "description": f"{e.description} (unavailable: {exc})", "qualities": None,
+                         "default_quality": None})  # fmt: skip
+            continue
         levels = codec.levels or None
         rows.append(
             {

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import io
 import os
+import struct
 import warnings
 from dataclasses import dataclass
 
@@ -26,6 +27,9 @@ from codec.errors import InvalidRequestError, UnsupportedMediaError
 
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _EXIF_ORIENTATION = 0x0112
+# Pillow counts an MPO's previews (phone and camera JPEGs) and a PSD's layers as frames; frame 0,
+# what Pillow loads, is the picture itself (the main image, the composite).
+_EXTRA_FRAMES_ARE_NOT_PICTURES = ("MPO", "PSD")
 
 
 @dataclass
@@ -67,7 +71,7 @@ def _png_bit_depth(head: bytes) -> int | None:
 
 def _jpeg2000_bit_depth(data: bytes) -> int | None:
     """Deepest component of a JPEG 2000 codestream (SIZ marker), wrapped in a .jp2 box or bare."""
-    siz = data.find(b"\xff\x4f\xff\x51", 0, 1 << 16)  # start of codestream, then SIZ
+    siz = data.find(b"\xff\x4f\xff\x51")  # start of codestream, then SIZ (after any boxes, however large)
     if siz < 0 or len(data) < siz + 42:
         return None
     components = int.from_bytes(data[siz + 40 : siz + 42], "big")
@@ -117,18 +121,33 @@ def _open(data: bytes, name: str) -> Image.Image:
         raise UnsupportedMediaError(f"{name}: the image data is damaged ({exc})") from None
 
 
+def _frames(im: Image.Image, name: str) -> int:
+    """Frames (pages) of an image whose extra frames hold more pictures; 1 where they are previews or layers."""
+    if im.format in _EXTRA_FRAMES_ARE_NOT_PICTURES:
+        return 1
+    try:
+        return int(getattr(im, "n_frames", 1))
+    except (TypeError, ValueError, OSError, EOFError, SyntaxError, struct.error) as exc:  # counting reads every frame
+        raise UnsupportedMediaError(f"{name}: the image data is damaged ({exc})") from None
+
+
 def load_image(data: bytes, name: str = "input", limits: Limits = Limits()) -> Picture:
     """Decode image file bytes (PNG, JPEG, WebP, TIFF, ... whatever Pillow reads)."""
+    with warnings.catch_warnings():  # Pillow warns (on stderr, in several lines) of odd EXIF and the like
+        warnings.simplefilter("ignore", UserWarning)
+        return _load_image(data, name, limits)
+
+
+def _load_image(data: bytes, name: str, limits: Limits) -> Picture:
     if _png_bit_depth(data[:32]) == 16:
         raise UnsupportedMediaError(f"{name}: 16-bit images are not supported yet (convert to 8 bits first)")
     im = _open(data, name)
     w, h = im.size
     if w * h > limits.max_pixels:
         raise UnsupportedMediaError(f"{name}: {w}x{h} pixels exceed the limit of {limits.max_pixels}")
-    if getattr(im, "n_frames", 1) > 1:
-        raise UnsupportedMediaError(
-            f"{name}: has {im.n_frames} frames; vqz codes still images (extract one frame first)"
-        )
+    frames = _frames(im, name)
+    if frames > 1:
+        raise UnsupportedMediaError(f"{name}: has {frames} frames; vqz codes still images (extract one frame first)")
     icc = im.info.get("icc_profile") or None
     mode = im.mode
     if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):

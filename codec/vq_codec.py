@@ -134,11 +134,28 @@ class VQCodec(TiledImageCodec):
                 key = codebook_key(level, size)
                 if key not in self.codebooks or key not in self.tables or key not in self.contexts:
                     raise shipped.WeightsError(f"{CODEC_ID} weights lack codebook {key} or its tables")
-                if any(len(t) != self.contexts[key].contexts for t in self.tables[key]):
-                    raise shipped.WeightsError(f"{CODEC_ID} weights: codebook {key} has tables for other contexts")
+                self._check_contexts(level, size)
         self._analysis = frozen(self.model.g_a)
         self._synthesis = frozen(self.model.g_s)
         self._devices: dict[str, tuple] = {}
+
+    def _check_contexts(self, level: int, size: int) -> None:
+        """Every context a stream can name has its table (else an index would go uncoded, silently)."""
+        key, m, full = codebook_key(level, size), self.config.codebooks, self.config.entries
+        ctx, tables = self.contexts[key], self.tables[key]
+        coarsest = level == self.config.levels - 1
+        ok = (
+            len(tables) == m
+            and all(len(t) == ctx.contexts and all(table.size == size for table in t) for t in tables)
+            and ctx.previous.shape == (m, size)
+            and 0 <= ctx.previous.min()
+            and ctx.previous.max() < ctx.previous_groups
+            and (ctx.parent is None) == coarsest
+            and (coarsest or (ctx.parent.shape == (m, full) and 0 <= ctx.parent.min() < ctx.parent_groups
+                              and ctx.parent.max() < ctx.parent_groups))
+        )  # fmt: skip
+        if not ok:
+            raise shipped.WeightsError(f"{CODEC_ID} weights: the index contexts of codebook {key} do not fit it")
 
     def codebook_sizes(self, keep: int, entries: int) -> dict[int, int]:
         """Codebook size per kept level (coarsest first) of the ladder point (keep, entries)."""

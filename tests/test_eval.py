@@ -102,6 +102,9 @@ def test_bdrate_cli(tmp_path):
     (tmp_path / "binary.json").write_bytes(b"\x89PNG\r\n")
     (tmp_path / "short.json").write_text(json.dumps({"results": {"bpp": [1, 2], "psnr-rgb": [30]}}))
     (tmp_path / "point.json").write_text(json.dumps({"results": {"bpp": [1], "psnr-rgb": [30]}}))
-    for name, needle in (("binary", "schema"), ("short", "one number per bpp"), ("point", "two points")):
+    (tmp_path / "nan.json").write_text(json.dumps({"results": {"bpp": [1, 2], "psnr-rgb": [30, float("nan")]}}))
+    (tmp_path / "scalar.json").write_text(json.dumps({"results": {"bpp": [1, 2], "psnr-rgb": 5}}))
+    cases = [("binary", "schema"), ("short", "per bpp value"), ("point", "two points")]
+    for name, needle in cases + [("nan", "per bpp value"), ("scalar", "per bpp value")]:
         r = runner.invoke(cli, ["bdrate", str(tmp_path / "ref.json"), str(tmp_path / f"{name}.json")])
         assert r.exit_code == 2 and needle in r.stderr and "Traceback" not in r.output, r.output

@@ -79,6 +79,10 @@ def test_orientation_frames_opaque_grey_alpha_and_huge_headers():
     frames[0].save(gif, format="GIF", save_all=True, append_images=frames[1:])
     with pytest.raises(UnsupportedMediaError, match="2 frames"):
         load_image(gif.getvalue())
+    mpo = io.BytesIO()  # a camera JPEG with a preview: Pillow's second frame is no second picture
+    frames[0].save(mpo, format="MPO", save_all=True, append_images=frames[1:])
+    assert Image.open(io.BytesIO(mpo.getvalue())).n_frames == 2
+    assert load_image(mpo.getvalue()).pixels.shape == (6, 10, 3)
     grey = rng.integers(0, 256, (5, 6), dtype=np.uint8)
     la = Image.fromarray(np.dstack([grey, np.full_like(grey, 255)]), "LA")
     pic = load_image(_encode(la))

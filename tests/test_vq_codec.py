@@ -24,7 +24,7 @@ LADDER = ((1, 16), (2, 4), (2, 16), (3, 4), (3, 16))
 
 
 @pytest.fixture(scope="module")
-def tiny_codec(tmp_path_factory):
+def tiny_weights(tmp_path_factory) -> bytes:
     import tools.export_weights as export_weights
 
     root = tmp_path_factory.mktemp("vq")
@@ -43,7 +43,12 @@ def tiny_codec(tmp_path_factory):
         out = export_weights.export_vq(checkpoint, root / "data", name="vq-tiny", crops=8, ladder=LADDER)
     finally:
         export_weights.WEIGHTS_DIR = old
-    return VQCodec(load_state(out.read_bytes()), bytes(range(8)))
+    return out.read_bytes()
+
+
+@pytest.fixture(scope="module")
+def tiny_codec(tiny_weights):
+    return VQCodec(load_state(tiny_weights), bytes(range(8)))
 
 
 def _round_trip(codec, picture, quality):
@@ -194,3 +199,22 @@ def test_exported_contexts_fit_the_codebooks(tiny_codec):
             assert ctx.parent.shape == (TINY.codebooks, TINY.entries) and ctx.parent.max() < ctx.parent_groups
         assert all(len(t) == ctx.contexts for t in tiny_codec.tables[key])
         assert all(t.size == entries for per_context in tiny_codec.tables[key] for t in per_context)
+
+
+def test_weights_whose_contexts_do_not_fit_are_refused(tiny_weights):
+    from codec.weights import WeightsError
+
+    key = codebook_key(0, TINY.entries)
+    for part, value in (("previous", TINY.entries + 5), ("parent", -1)):
+        state = load_state(tiny_weights)
+        state["contexts"][key][part][1, 0] = value  # a group beyond its tables / below zero
+        with pytest.raises(WeightsError, match="contexts"):
+            VQCodec(state, bytes(8))
+    state = load_state(tiny_weights)
+    state["frequencies"][key] = state["frequencies"][key][:, :-1]  # one context's tables missing
+    with pytest.raises(WeightsError, match="contexts"):
+        VQCodec(state, bytes(8))
+    state = load_state(tiny_weights)
+    del state["contexts"]
+    with pytest.raises(WeightsError, match="export them again"):
+        VQCodec(state, bytes(8))

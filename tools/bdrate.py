@@ -78,10 +78,16 @@ def load_results(path: str | Path) -> dict:
             raise KeyError("bpp")
     except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, AttributeError) as exc:
         raise InvalidResultsError(f"{path}: not a results file in CompressAI's schema ({exc})") from None
-    for metric in ("bpp", *QUALITY_METRICS):  # every curve: a list of numbers, one per rate point
+    for metric in ("bpp", *QUALITY_METRICS):  # every curve: a list of finite numbers, one per rate point
         values = results.get(metric, results["bpp"])
-        if len(values) != len(results["bpp"]) or not all(isinstance(v, (int, float)) for v in values):
-            raise InvalidResultsError(f"{path}: {metric!r} needs one number per bpp value ({len(results['bpp'])})")
+        if (
+            not isinstance(values, list)
+            or len(values) != len(results["bpp"])
+            or not all(type(v) in (int, float) and math.isfinite(v) for v in values)
+        ):
+            raise InvalidResultsError(
+                f"{path}: {metric!r} needs one finite number per bpp value ({len(results['bpp'])})"
+            )
     doc.setdefault("name", Path(path).stem)
     if "psnr-rgb" not in results and "psnr" in results:  # CompressAI's older files call it "psnr"
         results["psnr-rgb"] = results["psnr"]
