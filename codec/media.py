@@ -202,11 +202,12 @@ OUTPUT_FORMATS = {
     ".tif": "TIFF",
     ".tiff": "TIFF",
     ".bmp": "BMP",
-    ".ppm": "PPM",
-    ".pgm": "PPM",
-    ".pnm": "PPM",
+    ".ppm": "PPM",  # colour (P6): a grey picture is written as equal R, G, B
+    ".pgm": "PGM",  # grey (P5) only
+    ".pnm": "PNM",  # either, as the picture is
 }
-_WITHOUT_ICC = ("BMP", "PPM")
+_NETPBM = ("PPM", "PGM", "PNM")
+_WITHOUT_ICC = ("BMP", *_NETPBM)
 
 
 def output_format(path: str | os.PathLike) -> str:
@@ -224,11 +225,16 @@ def image_bytes(picture: Picture, fmt: str = "PNG") -> bytes:
     p = picture.pixels
     if fmt in _WITHOUT_ICC and picture.icc:
         raise UnsupportedMediaError(f"{fmt} cannot hold this image's ICC colour profile: write .png or .tif")
-    if fmt == "PPM" and p.shape[2] == 4:
-        raise UnsupportedMediaError("PPM cannot hold an alpha channel: write .png, .tif or .bmp")
+    if fmt in _NETPBM and p.shape[2] == 4:
+        raise UnsupportedMediaError(f"{fmt} cannot hold an alpha channel: write .png, .tif or .bmp")
+    if fmt == "PGM" and p.shape[2] != 1:
+        raise UnsupportedMediaError("PGM holds grey images and this one is in colour: write .ppm or .png")
+    if fmt == "PPM" and p.shape[2] == 1:
+        p = np.repeat(p, 3, axis=2)
     im = Image.fromarray(p[:, :, 0] if p.shape[2] == 1 else p)
     out = io.BytesIO()
-    im.save(out, format=fmt, **({"icc_profile": picture.icc} if picture.icc else {}))
+    save_as = "PPM" if fmt in _NETPBM else fmt  # Pillow writes P5 or P6 by the picture's mode
+    im.save(out, format=save_as, **({"icc_profile": picture.icc} if picture.icc else {}))
     return out.getvalue()
 
 

@@ -105,6 +105,14 @@ def test_decoded_images_are_written_in_lossless_formats_only():
             output_format(name)
     with pytest.raises(UnsupportedMediaError, match="alpha"):
         image_bytes(Picture(np.zeros((2, 2, 4), np.uint8)), "PPM")
+    grey = Picture(p.pixels[:, :, :1].copy())
+    assert image_bytes(grey, output_format("a.pgm"))[:2] == b"P5"
+    assert image_bytes(grey, output_format("a.pnm"))[:2] == b"P5"
+    as_colour = load_image(image_bytes(grey, output_format("a.ppm")))  # P6, equal channels
+    assert as_colour.pixels.shape == (9, 7, 3) and np.array_equal(as_colour.pixels, np.repeat(grey.pixels, 3, 2))
+    assert image_bytes(p, output_format("a.pnm"))[:2] == b"P6"
+    with pytest.raises(UnsupportedMediaError, match="grey"):
+        image_bytes(p, output_format("a.pgm"))
     with pytest.raises(UnsupportedMediaError, match="ICC"):
         image_bytes(Picture(p.pixels, icc=b"icc"), "BMP")
 
