@@ -162,20 +162,25 @@ def _load_image(data: bytes, name: str, limits: Limits) -> Picture:
             im = ImageOps.exif_transpose(im)  # the picture as viewers show it; the tag is dropped
     except (OSError, ValueError, SyntaxError) as exc:  # Pillow's EXIF parser raises SyntaxError too
         raise UnsupportedMediaError(f"{name}: the image data is damaged ({exc})") from None
-    if mode == "1":
-        im = im.convert("L")
-    elif mode == "P" or mode == "PA":
-        im = im.convert("RGBA" if ("transparency" in im.info or mode == "PA") else "RGB")
-    elif mode == "LA":
-        alpha = im.getchannel("A")
-        im = im.convert("L") if alpha.getextrema() == (255, 255) else im.convert("RGBA")
-    elif mode == "YCbCr":
-        im = im.convert("RGB")
-    try:
-        pixels = np.asarray(im)
+    try:  # the pixels are read here, by the first conversion or the array
+        pixels = np.asarray(_exact_mode(im))
     except (OSError, ValueError) as exc:
         raise UnsupportedMediaError(f"{name}: the image data is damaged ({exc})") from None
     return Picture.from_array(pixels, icc)
+
+
+def _exact_mode(im: Image.Image) -> Image.Image:
+    """L, RGB or RGBA holding exactly what `im` holds (bilevel, palette, grey+alpha, YCbCr converted)."""
+    mode = im.mode
+    if mode == "1":
+        return im.convert("L")
+    if mode in ("P", "PA"):
+        return im.convert("RGBA" if ("transparency" in im.info or mode == "PA") else "RGB")
+    if mode == "LA":
+        return im.convert("L") if im.getchannel("A").getextrema() == (255, 255) else im.convert("RGBA")
+    if mode == "YCbCr":
+        return im.convert("RGB")
+    return im
 
 
 def read_image(path: str | os.PathLike, limits: Limits = Limits()) -> Picture:
