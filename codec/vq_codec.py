@@ -195,23 +195,22 @@ class VQCodec(TiledImageCodec):
             for down in model.down:
                 feats.append(down(feats[-1]))
             _, coded = model.coarse_to_fine(feats, nearest, len(sizes))
-        payloads = []
-        for b in range(x.shape[0]):
-            enc = Encoder()
-            parent = None
-            for level, idx in coded:  # coarsest first
-                key = codebook_key(level, sizes[level])
-                contexts = self.contexts[key]
-                for m, tables in enumerate(self.tables[key]):
-                    symbols = idx[b, m]
-                    previous = idx[b, m - 1] if m else None
-                    ids = contexts.ids(m, None if parent is None else parent[m], previous, symbols.shape)
-                    symbols = symbols.reshape(-1)
-                    for g, positions in _code_order(ids, contexts.contexts):
-                        enc.categorical(symbols[positions], tables[g])
-                parent = idx[b]
-            payloads.append(enc.finish())
-        return payloads
+        return [self._write_indices({level: idx[b] for level, idx in coded}, sizes) for b in range(x.shape[0])]
+
+    def _write_indices(self, indices: dict[int, np.ndarray], sizes: dict[int, int]) -> bytes:
+        """One tile's stream from its indices (M, h, w) per kept level; `_read_indices` reads it back."""
+        enc = Encoder()
+        parent = None
+        for level, size in sizes.items():  # coarsest first
+            key = codebook_key(level, size)
+            contexts, idx = self.contexts[key], indices[level]
+            for m, tables in enumerate(self.tables[key]):
+                ids = contexts.ids(m, None if parent is None else parent[m], idx[m - 1] if m else None, idx[m].shape)
+                symbols = idx[m].reshape(-1)
+                for g, positions in _code_order(ids, contexts.contexts):
+                    enc.categorical(symbols[positions], tables[g])
+            parent = idx
+        return enc.finish()
 
     # -- decode ---------------------------------------------------------------
     def _decode_batch(

@@ -10,6 +10,8 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from bitstream import parse, serialize
 from codec.media import Picture
@@ -218,3 +220,38 @@ def test_weights_whose_contexts_do_not_fit_are_refused(tiny_weights):
     del state["contexts"]
     with pytest.raises(WeightsError, match="export them again"):
         VQCodec(state, bytes(8))
+
+
+@settings(max_examples=40, deadline=None)
+@given(data=st.data(), point=st.integers(0, len(LADDER) - 1), units=st.tuples(st.integers(1, 3), st.integers(1, 3)))
+def test_index_streams_round_trip(tiny_codec, data, point, units):
+    """Any indices of any ladder point and tile shape come back from their stream exactly (contexts included)."""
+    sizes = tiny_codec.codebook_sizes(*LADDER[point])
+    shape = (64 * units[0], 64 * units[1])
+    seed = data.draw(st.integers(0, 2**32 - 1))
+    rng = np.random.default_rng(seed)
+    skew = data.draw(st.sampled_from([None, 0.7]))  # uniform, or most indices on a few entries
+    indices = {}
+    for level, size in sizes.items():
+        h, w = shape[0] >> (4 + level), shape[1] >> (4 + level)
+        if skew is None:
+            indices[level] = rng.integers(0, size, (TINY.codebooks, h, w))
+        else:
+            indices[level] = np.minimum(rng.geometric(skew, (TINY.codebooks, h, w)) - 1, size - 1)
+    back = tiny_codec._read_indices(tiny_codec._write_indices(indices, sizes), sizes, shape)
+    assert list(back) == list(sizes)
+    for level in sizes:
+        np.testing.assert_array_equal(back[level], indices[level])
+
+
+@settings(max_examples=60, deadline=None)
+@given(payload=st.binary(max_size=200), point=st.integers(0, len(LADDER) - 1))
+def test_garbage_index_streams_fail_cleanly(tiny_codec, payload, point):
+    """A hostile stream gives indices inside the codebooks or a CorruptStreamError, nothing else."""
+    sizes = tiny_codec.codebook_sizes(*LADDER[point])
+    try:
+        back = tiny_codec._read_indices(payload, sizes, (128, 64))
+    except CorruptStreamError:
+        return
+    for level, size in sizes.items():
+        assert back[level].min() >= 0 and back[level].max() < size
