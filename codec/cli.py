@@ -223,23 +223,16 @@ def models(as_json: bool) -> None:
     """List the codecs this vqz has, with their quality ranges (-q) and defaults."""
     rows = []
     for e in registry.entries():
+        row = {"name": e.name, "default": e.name == registry.DEFAULT_IMAGE_CODEC, "description": e.description,
+               "qualities": None, "default_quality": None}  # fmt: skip
         try:
             codec = registry.get_codec(e.name)  # loads the weights: the range comes from them
         except VqzError as exc:  # one broken weights file should not hide the other codecs
-            rows.append({"name": e.name, "default": e.name == registry.DEFAULT_IMAGE_CODEC,
-                         "description": f"{e.description} (unavailable: {exc})", "qualities": None,
-                         "default_quality": None})  # fmt: skip
-            continue
-        levels = codec.levels or None
-        rows.append(
-            {
-                "name": e.name,
-                "default": e.name == registry.DEFAULT_IMAGE_CODEC,
-                "description": e.description,
-                "qualities": [1, levels] if levels else None,
-                "default_quality": getattr(codec, "default_quality", None) if levels else None,
-            }
-        )
+            row["description"] += f" (unavailable: {exc})"
+        else:
+            if codec.levels:
+                row.update(qualities=[1, codec.levels], default_quality=getattr(codec, "default_quality", None))
+        rows.append(row)
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return

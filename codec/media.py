@@ -139,8 +139,6 @@ def load_image(data: bytes, name: str = "input", limits: Limits = Limits()) -> P
 
 
 def _load_image(data: bytes, name: str, limits: Limits) -> Picture:
-    if _png_bit_depth(data[:32]) == 16:
-        raise UnsupportedMediaError(f"{name}: 16-bit images are not supported yet (convert to 8 bits first)")
     im = _open(data, name)
     w, h = im.size
     if w * h > limits.max_pixels:
@@ -149,14 +147,14 @@ def _load_image(data: bytes, name: str, limits: Limits) -> Picture:
     if frames > 1:
         raise UnsupportedMediaError(f"{name}: has {frames} frames; vqz codes still images (extract one frame first)")
     icc = im.info.get("icc_profile") or None
+    depth = declared_bit_depth(data, im)  # first: Pillow's mode says 8-bit RGB for some deeper files
+    if depth > 8:
+        raise UnsupportedMediaError(f"{name}: {depth}-bit images are not supported yet (convert to 8 bits first)")
     mode = im.mode
     if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
         raise UnsupportedMediaError(f"{name}: {mode} images (16/32-bit or float) are not supported yet")
     if mode in ("CMYK", "LAB", "HSV"):
         raise UnsupportedMediaError(f"{name}: {mode} images are not supported (convert to RGB first)")
-    depth = declared_bit_depth(data, im)
-    if depth > 8:
-        raise UnsupportedMediaError(f"{name}: {depth}-bit images are not supported yet (convert to 8 bits first)")
     try:
         if im.getexif().get(_EXIF_ORIENTATION, 1) != 1:
             im = ImageOps.exif_transpose(im)  # the picture as viewers show it; the tag is dropped

@@ -194,6 +194,22 @@ def test_models_lists_the_registry(runner):
     assert "-q 1..11 (default 6)" in _ok(runner.invoke(cli, ["models"])).output
 
 
+def test_models_still_lists_a_codec_whose_weights_fail(runner, monkeypatch):
+    from codec import registry
+    from codec.weights import WeightsError
+
+    real = registry.get_codec
+
+    def broken(name=None):
+        if name == "vq-mcq":
+            raise WeightsError("weights file weights/vq-mcq.pt is missing")
+        return real(name)
+
+    monkeypatch.setattr(registry, "get_codec", broken)
+    out = _ok(runner.invoke(cli, ["models"])).output
+    assert "vq-mcq" in out and "unavailable: weights file" in out and "-q 1..11" in out
+
+
 def test_installed_console_script_finds_its_weights(tmp_path):
     """The `vqz` script of the installed package (not this source tree) encodes with shipped weights."""
     script = Path(sys.executable).with_name("vqz")
