@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from codec.models.hyperprior import HyperpriorConfig
-from tools.train_image import HOLDOUT_DIR, TRAIN_DIRS, TrainOptions, train
+from tools.train_image import HOLDOUT_DIR, TRAIN_DIRS, TrainingError, TrainOptions, train
 
 
 def _fake_data(root: Path) -> None:
@@ -252,6 +252,34 @@ def test_frozen_transforms_stay_put_while_the_codebooks_learn(tmp_path):
     third = torch.load(tmp_path / "vq" / "checkpoint.pt", weights_only=False)["model"]
     assert any("optimiser reset" in m for m in messages)
     assert not torch.equal(second["g_a.0.weight"], third["g_a.0.weight"])
+
+
+def test_a_decoder_only_run_keeps_everything_that_picks_an_index(tmp_path):
+    from codec.models.vq_image import VQImageConfig
+
+    _fake_data(tmp_path / "data")
+    tiny = VQImageConfig(channels=8, latent_channels=8, levels=2, codebooks=2, entries=8)
+    opts = TrainOptions(data_root=tmp_path / "data", out_dir=tmp_path / "vq", steps=2, batch=2, crop=128,
+                        eval_every=10, arch="vq", config=tiny, decoder_only=True)  # fmt: skip
+    with pytest.raises(TrainingError, match="trained vq model"):  # nothing to fine-tune yet
+        train(opts, log=lambda m: None)
+    opts.decoder_only = False
+    train(opts, log=lambda m: None)
+    before = torch.load(tmp_path / "vq" / "checkpoint.pt", weights_only=False)["model"]
+    opts.decoder_only, opts.steps = True, 203  # past a restart step: none may happen
+    messages = []
+    train(opts, log=messages.append)
+    after = torch.load(tmp_path / "vq" / "checkpoint.pt", weights_only=False)["model"]
+    for name in ("g_a.0.weight", "down.0.weight", "quantisers.0.key_map", "quantisers.1.bases"):
+        assert torch.equal(before[name], after[name]), name
+    for name in ("g_s.0.weight", "up.0.weight", "quantisers.0.values", "quantisers.1.values"):
+        assert not torch.equal(before[name], after[name]), name
+    assert not any("restarted" in m for m in messages)
+    opts.freeze_transforms = True
+    with pytest.raises(TrainingError, match="chooses the trained parts"):
+        train(opts, log=lambda m: None)
+    with pytest.raises(TrainingError, match="vq model only"):
+        train(TrainOptions(data_root=tmp_path / "data", out_dir=tmp_path / "h", decoder_only=True), log=lambda m: None)
 
 
 def test_exported_weights_replace_their_manifest_entry(tmp_path, monkeypatch):

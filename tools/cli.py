@@ -139,6 +139,11 @@ def train() -> None:
     help="vq: keep the level-down/up maps fixed too (their scale drifts against the codebooks in long runs).",
 )
 @click.option(
+    "--decoder-only",
+    is_flag=True,
+    help="vq: train only what rebuilds the image (values, up maps, synthesis); analysis, level maps and keys stay.",
+)
+@click.option(
     "--latent-channels",
     default=0,
     help="hyperprior-gmm latent width M (0: the model's); above the checkpoint's, the trained model is widened.",
@@ -166,6 +171,7 @@ def train_image(
     init_from,
     freeze_transforms,
     freeze_level_maps,
+    decoder_only,
     latent_channels,
     compile_model,
     export,
@@ -192,6 +198,7 @@ def train_image(
         init_from=init_from,
         freeze_transforms=freeze_transforms,
         freeze_level_maps=freeze_level_maps,
+        decoder_only=decoder_only,
         latent_channels=latent_channels,
         compile=compile_model,
     )

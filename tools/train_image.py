@@ -415,6 +415,7 @@ class TrainOptions:
     init_from: Path | None = None  # a new run starts its transforms (g_a, g_s) from these weights
     freeze_transforms: bool = False  # train everything but g_a and g_s (e.g. VQ codebooks on trained transforms)
     freeze_level_maps: bool = False  # vq: keep the level-down/up maps too (their scale drifts against the codebooks)
+    decoder_only: bool = False  # vq: train only what rebuilds the image (values, up maps, g_s); no restarts
     latent_channels: int = 0  # hyperprior M (0: the config's); more than the checkpoint's widens it
     compile: bool = False  # torch.compile the training forward pass (about a minute to compile, then faster)
     mirror: Path | None = None  # also keep each checkpoint (without Adam's state) and the curve here ($OUT on a GPU)
@@ -471,16 +472,19 @@ def train(opts: TrainOptions, log=print, progress=None) -> Path:
         raise TrainingError("--latent-channels applies to the hyperprior-gmm model only")
     model = arch.build(config).to(device)
     params = arch.parameters(model)
-    if opts.freeze_level_maps and arch.name != "vq":
-        raise TrainingError("--freeze-level-maps applies to the vq model only")
-    frozen_parts = ([model.g_a, model.g_s] if opts.freeze_transforms else []) + (
-        [model.down, model.up] if opts.freeze_level_maps else []
-    )
-    if frozen_parts:
-        frozen_ids = {id(p) for part in frozen_parts for p in part.parameters()}
-        for part in frozen_parts:
-            part.requires_grad_(False)
-        params = [p for p in params if id(p) not in frozen_ids]
+    for flag, name in ((opts.freeze_level_maps, "--freeze-level-maps"), (opts.decoder_only, "--decoder-only")):
+        if flag and arch.name != "vq":
+            raise TrainingError(f"{name} applies to the vq model only")
+    if opts.decoder_only and (opts.freeze_transforms or opts.freeze_level_maps):
+        raise TrainingError("--decoder-only chooses the trained parts itself: drop the --freeze-... flags")
+    frozen = [p for part in ([model.g_a, model.g_s] if opts.freeze_transforms else []) for p in part.parameters()]
+    if opts.freeze_level_maps:
+        frozen += [*model.down.parameters(), *model.up.parameters()]
+    if opts.decoder_only:  # everything that picks an index: the analysis, the level-down maps, the keys
+        frozen = [*model.g_a.parameters(), *model.down.parameters(), *(q.key_map for q in model.quantisers)]
+    for p in frozen:
+        p.requires_grad_(False)
+    params = [p for p in params if p.requires_grad]
     optimizer = torch.optim.Adam(params, lr=opts.lr)
     step, minutes_before, schedule_start = 0, 0.0, 0
     rate_ramp: RateRamp | None = None
@@ -532,6 +536,8 @@ def train(opts: TrainOptions, log=print, progress=None) -> Path:
     elif opts.init_from:
         log(f"transforms from {opts.init_from}: {load_transforms(model, opts.init_from)} tensors")
 
+    if opts.decoder_only and not bool(model.quantisers[0].initialised):
+        raise TrainingError("--decoder-only fine-tunes a trained vq model: resume a run or start from a committed one")
     images = load_training_images(opts.data_root, opts.crop)
     holdout = load_holdout(opts.data_root)
     if widened_from:
@@ -586,7 +592,8 @@ def train(opts: TrainOptions, log=print, progress=None) -> Path:
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(step - schedule_start, opts.lr, opts.warmup, opts.steps - schedule_start)
         x = random_batch(images, opts.batch, opts.crop, rng).to(device).contiguous(memory_format=torch.channels_last)
-        note = arch.maintain(model, x, step, generator)
+        # Restarts move keys; a decoder-only run keeps every index's meaning.
+        note = "" if opts.decoder_only else arch.maintain(model, x, step, generator)
         if note:
             log(f"step {step}: {note}")
         if rate_ramp and step >= rate_ramp.start + rate_ramp.steps:
