@@ -78,6 +78,27 @@ def test_vq_image_model_prefixes_decode_and_match_training_path():
         assert all(torch.equal(a, b) for a, b in zip(indices, out.indices))
     assert model.bits(128, 64) == (8 * 4 + 4 * 2 + 2 * 1) * 2 * 4
     assert model.bits(128, 64, keep=1) == 2 * 1 * 2 * 4
+    assert model.bits(128, 64, keep=2, finest_entries=4) == 4 * 2 * 2 * 2 + 2 * 1 * 2 * 4  # 1/32 at 4 entries
+
+
+def test_a_derived_codebook_trains_the_decoder_on_its_rate_point():
+    from codec.models.vq_image import VQImageConfig, VQImageModel
+
+    torch.manual_seed(0)
+    model = VQImageModel(VQImageConfig(channels=8, latent_channels=8, levels=2, codebooks=2, entries=16)).train()
+    x = torch.rand(2, 3, 64, 64)
+    q = model.quantisers[0]  # finest level, kept when both levels are
+    usage = q.usage.clone()
+    keys, values = q.derive(4, torch.ones(2, 16))
+    out = model(x, 2, (keys, values))
+    assert int(out.indices[1].max()) < 4  # the finest level picks among the derived entries
+    expected = model.quantisers[1].lookup(out.indices[0])
+    with torch.no_grad():  # what the codec decodes from those indices
+        y = model.up[0](expected) + q.lookup(out.indices[1], values)
+        assert torch.allclose(model.g_s(y), out.x_hat, atol=1e-5)
+    out.x_hat.square().mean().backward()
+    assert model.g_s[0].weight.grad is not None
+    assert torch.equal(q.usage, usage)  # the own entries' usage is not what was used
 
 
 def test_coarser_levels_restart_rarely_used_entries_at_their_own_threshold():
@@ -96,3 +117,19 @@ def test_coarser_levels_restart_rarely_used_entries_at_their_own_threshold():
     assert restarted == 2 * 3  # the 1/32 level's two codebooks, three entries each
     assert torch.all(model.quantisers[0].usage[:, :3] == 0.03 / 8)  # 1/16 kept its rare entries
     assert torch.all(model.quantisers[1].usage[:, :3] == 1 / 8)  # restarted ones start at an even share
+
+
+def test_training_visits_every_point_of_the_shipped_ladder():
+    import numpy as np
+
+    from codec.models.vq_image import RATE_LADDER, VQImageConfig, VQImageModel
+    from tools.train_image import VQArch
+
+    model = VQImageModel(VQImageConfig(channels=8, latent_channels=8, levels=3, codebooks=2, entries=256))
+    x = torch.rand(1, 3, 128, 128, generator=torch.Generator().manual_seed(0))
+    model.initialise_codebooks(x, torch.Generator().manual_seed(1))
+    rng, seen = np.random.default_rng(0), set()
+    for _ in range(40):
+        _, bpp, _ = VQArch().loss(model, x, rng)
+        seen.add(round(float(bpp[0]) * 128 * 128))  # fixed-length bits of the point trained
+    assert seen == {round(model.bits(128, 128, keep, entries)) for keep, entries in RATE_LADDER}

@@ -30,7 +30,7 @@ import torch
 from codec.fileio import atomic_write
 from codec.image_codec import hyper_head, z_frequencies
 from codec.models.hyperprior import HyperpriorConfig, HyperpriorGMM
-from codec.models.vq_image import VQImageConfig, VQImageModel
+from codec.models.vq_image import RATE_LADDER, VQImageConfig, VQImageModel
 from codec.vq_codec import codebook_key
 from tools.bdrate import CurvesDoNotOverlapError, compare, load_results
 from tools.options import data_root_option
@@ -145,8 +145,6 @@ def record_figures(results_dir: Path, name: str = "hyperprior-gmm", reference: s
     return figures
 
 
-# vq-mcq's rate ladder: (levels kept, entries of the finest kept level), lowest rate first.
-VQ_LADDER = ((1, 256), (2, 16), (2, 64), (2, 256), (3, 16), (3, 64), (3, 256))
 VQ_TABLE_TOTAL = 1 << 16
 VQ_TABLE_CROPS = 1024
 # Index contexts (session 8): groups of the parent index (same codebook, next coarser level) and of
@@ -256,7 +254,7 @@ def export_vq(
     name: str = "vq-mcq",
     crops: int = VQ_TABLE_CROPS,
     seed: int = 0,
-    ladder: tuple[tuple[int, int], ...] = VQ_LADDER,
+    ladder: tuple[tuple[int, int], ...] = RATE_LADDER,
 ) -> Path:
     """Shipped weights of the VQ codec: model, ladder, derived codebooks, index contexts and tables.
 

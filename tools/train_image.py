@@ -34,7 +34,7 @@ from PIL import Image
 from bitstream.errors import VqzError
 from codec.fileio import atomic_write
 from codec.models.hyperprior import HyperpriorConfig, HyperpriorGMM
-from codec.models.vq_image import VQImageConfig, VQImageModel
+from codec.models.vq_image import RATE_LADDER, VQImageConfig, VQImageModel
 
 TRAIN_DIRS = ("bsds500/train", "bsds500/val", "sun_hays80")
 
@@ -164,10 +164,18 @@ class VQArch:
         return list(model.parameters())
 
     def loss(self, model: VQImageModel, x: torch.Tensor, rng: np.random.Generator, rate_weight=None):
-        keep = int(rng.integers(1, model.config.levels + 1))
-        out = model(x, keep)
+        # Each batch trains one point of the codec's ladder, derived smaller codebooks included
+        # (session 9: a decoder trained on full codebooks only gained half as much at those points).
+        keep, entries = RATE_LADDER[int(rng.integers(len(RATE_LADDER)))]
+        keep, entries = min(keep, model.config.levels), min(entries, model.config.entries)
+        finest = None
+        if entries < model.config.entries:
+            q = model.quantisers[model.config.levels - keep]
+            finest = q.derive(entries, q.usage)  # weighted by the running usage, as the export by counts
+        out = model(x, keep, finest)
         mse = (out.x_hat - x).pow(2).flatten(1).mean(1)
-        bpp = torch.full_like(mse, model.bits(x.shape[2], x.shape[3], keep) / (x.shape[2] * x.shape[3]))
+        bits = model.bits(x.shape[2], x.shape[3], keep, entries)
+        bpp = torch.full_like(mse, bits / (x.shape[2] * x.shape[3]))
         return (self.distortion_weight * mse).mean() + self.commitment_weight * out.commitment, bpp, mse.detach()
 
     def maintain(self, model: VQImageModel, x: torch.Tensor, step: int, generator: torch.Generator) -> str:

@@ -180,17 +180,18 @@ class MultiCodebookQuantiser(nn.Module):
             restarted += where.numel()
         return restarted
 
-    def forward(self, x: torch.Tensor) -> Quantised:
+    def forward(self, x: torch.Tensor, codebook: tuple[torch.Tensor, torch.Tensor] | None = None) -> Quantised:
+        """Training path; `codebook` (keys, values), each (M, K', group), replaces the own one (e.g. derived)."""
         g = self._groups(x)
-        keys = self.keys()
+        keys, values = (self.keys(), self.values) if codebook is None else codebook
         idx = torch.cdist(g.detach(), keys.detach()).argmin(-1)  # (M, N)
         chosen_keys = torch.gather(keys, 1, idx.unsqueeze(-1).expand(-1, -1, self.group))
-        chosen_values = torch.gather(self.values, 1, idx.unsqueeze(-1).expand(-1, -1, self.group))
+        chosen_values = torch.gather(values, 1, idx.unsqueeze(-1).expand(-1, -1, self.group))
         # commitment: the encoder moves toward its key, the key (through the map) toward the encoder
         commitment = self.beta * (g - chosen_keys.detach()).pow(2).mean() + (g.detach() - chosen_keys).pow(2).mean()
         # straight-through: values forward, identity gradient to the encoder
         out = chosen_values + (g - g.detach())
-        if self.training:
+        if self.training and codebook is None:  # usage counts the own entries
             with torch.no_grad():
                 counts = torch.zeros_like(self.usage).scatter_add_(1, idx, torch.ones_like(idx, dtype=self.usage.dtype))
                 self.usage.mul_(self.decay).add_((1 - self.decay) * counts / idx.shape[1])

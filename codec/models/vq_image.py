@@ -15,6 +15,7 @@ levels x codebooks x positions x log2(entries) before entropy coding.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -33,6 +34,11 @@ class VQImageConfig:
     codebooks: int = 4  # per level
     entries: int = 256  # per codebook
     commitment: float = 0.25
+
+
+# The rate ladder the codec ships, lowest rate first: (levels kept, entries of the finest kept
+# level's codebooks; fewer than `entries` are derived by k-means, `MultiCodebookQuantiser.derive`).
+RATE_LADDER = ((1, 256), (2, 16), (2, 64), (2, 256), (3, 16), (3, 64), (3, 256))
 
 
 @dataclass
@@ -87,13 +93,20 @@ class VQImageModel(nn.Module):
                 recon = current
         return recon, extras
 
-    def forward(self, x: torch.Tensor, keep: int | None = None) -> VQOutput:
-        """Training path; `keep` levels (coarsest first) are used, all by default."""
+    def forward(
+        self, x: torch.Tensor, keep: int | None = None, finest: tuple[torch.Tensor, torch.Tensor] | None = None
+    ) -> VQOutput:
+        """Training path; `keep` levels (coarsest first) are used, all by default.
+
+        `finest` (keys, values) replaces the codebooks of the finest kept
+        level, e.g. derived smaller ones, so a decoder learns those rate points too.
+        """
         keep = self.config.levels if keep is None else keep
         feats = self.features(x)
+        finest_level = self.config.levels - keep
 
         def quantise(level, target):
-            q = self.quantisers[level](target)
+            q = self.quantisers[level](target, finest if level == finest_level else None)
             return q.values, (q.indices, q.commitment)
 
         y_hat, extras = self.coarse_to_fine(feats, quantise, keep)
@@ -158,10 +171,15 @@ class VQImageModel(nn.Module):
         self.coarse_to_fine(self.features(x), restart, self.config.levels)
         return sum(restarted)
 
-    def bits(self, height: int, width: int, keep: int | None = None) -> float:
-        """Fixed-length size of the indices of a height x width image (multiples of 64)."""
+    def bits(self, height: int, width: int, keep: int | None = None, finest_entries: int | None = None) -> float:
+        """Fixed-length size of the indices of a height x width image (multiples of 64).
+
+        `finest_entries`: codebook size of the finest kept level (a derived one), by default the full one.
+        """
         keep = self.config.levels if keep is None else keep
-        per_entry = float(torch.log2(torch.tensor(float(self.config.entries))))
-        positions = sum((height // (16 << lv)) * (width // (16 << lv)) for lv in range(self.config.levels - keep,
-                                                                                      self.config.levels))  # fmt: skip
-        return positions * self.config.codebooks * per_entry
+        total = 0.0
+        for lv in range(self.config.levels - keep, self.config.levels):
+            entries = finest_entries if (finest_entries and lv == self.config.levels - keep) else self.config.entries
+            positions = (height // (16 << lv)) * (width // (16 << lv))
+            total += positions * self.config.codebooks * math.log2(entries)
+        return total
