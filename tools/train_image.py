@@ -135,7 +135,7 @@ class HyperpriorArch:
 
 
 class VQArch:
-    """vq: distortion plus commitment; each batch keeps a random number of levels (coarsest first).
+    """vq: distortion plus commitment; each batch trains one point of the rate ladder (levels kept, codebook size).
 
     Codebooks are initialised by k-means on the first batch's residual
     targets and unused entries are restarted every RESTART_EVERY steps.
