@@ -254,7 +254,7 @@ def test_frozen_transforms_stay_put_while_the_codebooks_learn(tmp_path):
     assert not torch.equal(second["g_a.0.weight"], third["g_a.0.weight"])
 
 
-def test_a_decoder_only_run_keeps_everything_that_picks_an_index(tmp_path):
+def test_a_decoder_only_run_keeps_every_key_and_what_is_matched_to_it(tmp_path):
     from codec.models.vq_image import VQImageConfig
 
     _fake_data(tmp_path / "data")
@@ -270,7 +270,9 @@ def test_a_decoder_only_run_keeps_everything_that_picks_an_index(tmp_path):
     messages = []
     train(opts, log=messages.append)
     after = torch.load(tmp_path / "vq" / "checkpoint.pt", weights_only=False)["model"]
-    for name in ("g_a.0.weight", "down.0.weight", "quantisers.0.key_map", "quantisers.1.bases"):
+    kept = ("g_a.0.weight", "down.0.weight", "down.0.bias", "quantisers.0.key_map", "quantisers.1.key_map",
+            "quantisers.0.bases", "quantisers.1.bases")  # fmt: skip
+    for name in kept:
         assert torch.equal(before[name], after[name]), name
     for name in ("g_s.0.weight", "up.0.weight", "quantisers.0.values", "quantisers.1.values"):
         assert not torch.equal(before[name], after[name]), name

@@ -101,6 +101,20 @@ def test_a_derived_codebook_trains_the_decoder_on_its_rate_point():
     assert torch.equal(q.usage, usage)  # the own entries' usage is not what was used
 
 
+def test_a_derived_codebook_replaces_only_the_finest_kept_level():
+    from codec.models.vq_image import VQImageConfig, VQImageModel
+
+    torch.manual_seed(0)
+    model = VQImageModel(VQImageConfig(channels=8, latent_channels=8, levels=3, codebooks=2, entries=16)).eval()
+    x = torch.rand(2, 3, 128, 128)
+    middle = model.quantisers[1]  # 1/32: the finest level kept when two of three are
+    with torch.no_grad():
+        full = model(x, 2)
+        derived = model(x, 2, middle.derive(4, torch.ones(2, 16)))
+    assert torch.equal(derived.indices[0], full.indices[0])  # 1/64 keeps its full codebook
+    assert int(derived.indices[1].max()) < 4 < int(full.indices[1].max())
+
+
 def test_coarser_levels_restart_rarely_used_entries_at_their_own_threshold():
     from codec.models.vq_image import VQImageConfig, VQImageModel
     from tools.train_image import VQArch

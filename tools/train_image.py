@@ -134,11 +134,15 @@ class HyperpriorArch:
         return rows
 
 
+USAGE_AS_COUNTS = 1e6  # a usage share times this weighs like the export's index counts
+
+
 class VQArch:
     """vq: distortion plus commitment; each batch trains one point of the rate ladder (levels kept, codebook size).
 
     Codebooks are initialised by k-means on the first batch's residual
-    targets and unused entries are restarted every RESTART_EVERY steps.
+    targets and unused entries are restarted every RESTART_EVERY steps
+    (not in a --decoder-only run, which keeps every key).
     """
 
     name = "vq"
@@ -171,7 +175,9 @@ class VQArch:
         finest = None
         if entries < model.config.entries:
             q = model.quantisers[model.config.levels - keep]
-            finest = q.derive(entries, q.usage)  # weighted by the running usage, as the export by counts
+            # Weighted by the running usage (shares summing to 1), scaled to count-like sizes: derive()
+            # floors weights at 1e-3, meant for the export's counts, which would inflate rare entries.
+            finest = q.derive(entries, q.usage * USAGE_AS_COUNTS)
         out = model(x, keep, finest)
         mse = (out.x_hat - x).pow(2).flatten(1).mean(1)
         bits = model.bits(x.shape[2], x.shape[3], keep, entries)
@@ -488,7 +494,7 @@ def train(opts: TrainOptions, log=print, progress=None) -> Path:
     frozen = [p for part in ([model.g_a, model.g_s] if opts.freeze_transforms else []) for p in part.parameters()]
     if opts.freeze_level_maps:
         frozen += [*model.down.parameters(), *model.up.parameters()]
-    if opts.decoder_only:  # everything that picks an index: the analysis, the level-down maps, the keys
+    if opts.decoder_only:  # what sets the keys and the features matched to them: analysis, level-down maps, keys
         frozen = [*model.g_a.parameters(), *model.down.parameters(), *(q.key_map for q in model.quantisers)]
     for p in frozen:
         p.requires_grad_(False)
@@ -600,7 +606,7 @@ def train(opts: TrainOptions, log=print, progress=None) -> Path:
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(step - schedule_start, opts.lr, opts.warmup, opts.steps - schedule_start)
         x = random_batch(images, opts.batch, opts.crop, rng).to(device).contiguous(memory_format=torch.channels_last)
-        # Restarts move keys; a decoder-only run keeps every index's meaning.
+        # Restarts move keys; a decoder-only run keeps every index's key.
         note = "" if opts.decoder_only else arch.maintain(model, x, step, generator)
         if note:
             log(f"step {step}: {note}")

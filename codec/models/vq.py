@@ -54,8 +54,8 @@ def kmeans(x: torch.Tensor, k: int, iterations: int = 10, generator: torch.Gener
 
 def _weighted_means(x: torch.Tensor, weights: torch.Tensor, assign: torch.Tensor, k: int):
     """Per group 0..k-1: the `weights`-weighted mean of its rows of x, and the group's total weight (k, 1)."""
-    sums = torch.zeros(k, x.shape[1], dtype=x.dtype).index_add_(0, assign, x * weights[:, None])
-    mass = torch.zeros(k, dtype=x.dtype).index_add_(0, assign, weights)[:, None]
+    sums = torch.zeros(k, x.shape[1], dtype=x.dtype, device=x.device).index_add_(0, assign, x * weights[:, None])
+    mass = torch.zeros(k, dtype=x.dtype, device=x.device).index_add_(0, assign, weights)[:, None]
     return sums / mass.clamp_min(1e-12), mass
 
 

@@ -8,8 +8,9 @@ what the coarser ones already explain. The decoder rebuilds the latent the
 same way from the indices and runs the synthesis transform.
 
 Rate points without retraining: decoding any *prefix* of the levels
-(coarsest first) gives a valid image, and training samples the prefix
-length at random so every prefix decodes well. The bits are the indices:
+(coarsest first) gives a valid image, and smaller codebooks derived from
+the finest kept level's give more points (RATE_LADDER); training samples
+a ladder point per batch so every point decodes well. The bits are the indices:
 levels x codebooks x positions x log2(entries) before entropy coding.
 """
 
