@@ -284,6 +284,22 @@ def test_a_decoder_only_run_keeps_every_key_and_what_is_matched_to_it(tmp_path):
         train(TrainOptions(data_root=tmp_path / "data", out_dir=tmp_path / "h", decoder_only=True), log=lambda m: None)
 
 
+def test_the_cli_refuses_flags_that_do_not_fit_before_it_writes_anything(tmp_path):
+    from click.testing import CliRunner
+
+    from tools.cli import cli
+
+    _fake_data(tmp_path / "data")
+    out = tmp_path / "run"
+    base = ["train", "image", "--data", str(tmp_path / "data"), "--out", str(out)]
+    cases = ((["--decoder-only"], "vq model only"),
+             (["--arch", "vq", "--decoder-only", "--freeze-transforms"], "chooses the trained parts"))  # fmt: skip
+    for flags, needle in cases:
+        r = CliRunner().invoke(cli, base + flags)
+        assert r.exit_code == 2 and needle in r.stderr and "Traceback" not in r.output, r.output
+        assert not out.exists()  # no committed checkpoint copied into a run that cannot start
+
+
 def test_exported_weights_replace_their_manifest_entry(tmp_path, monkeypatch):
     import json
 

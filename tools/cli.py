@@ -178,7 +178,7 @@ def train_image(
     export,
 ) -> None:
     """Train an image model (resumes from --out/checkpoint.pt)."""
-    from tools.train_image import TrainOptions, seed_from_committed
+    from tools.train_image import TrainOptions, check_options, seed_from_committed
     from tools.train_image import train as run
 
     out_dir = out_dir or Path("runs") / arch
@@ -203,6 +203,7 @@ def train_image(
         latent_channels=latent_channels,
         compile=compile_model,
     )
+    check_options(opts)
     out_dir.mkdir(parents=True, exist_ok=True)
     seed_from_committed(out_dir, arch, log=lambda m: click.echo(m, err=True))
     with click.progressbar(length=steps, label="training", file=sys.stderr, item_show_func=lambda text: text) as bar:

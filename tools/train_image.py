@@ -452,12 +452,22 @@ def load_transforms(model: torch.nn.Module, weights: Path) -> int:
     return len(picked)
 
 
+def check_options(opts: TrainOptions) -> None:
+    """Refuse flags that do not fit together, before anything is read or written."""
+    for flag, name in ((opts.freeze_level_maps, "--freeze-level-maps"), (opts.decoder_only, "--decoder-only")):
+        if flag and opts.arch != "vq":
+            raise TrainingError(f"{name} applies to the vq model only")
+    if opts.decoder_only and (opts.freeze_transforms or opts.freeze_level_maps):
+        raise TrainingError("--decoder-only chooses the trained parts itself: drop the --freeze-... flags")
+
+
 def train(opts: TrainOptions, log=print, progress=None) -> Path:
     """Train (or resume) and return the path of the last checkpoint.
 
     `log(message)` gets occasional lines; `progress(step, summary)` is called
     after every step (the CLI drives a progress bar with it).
     """
+    check_options(opts)
     if opts.threads:
         torch.set_num_threads(opts.threads)
     device = torch.device(opts.device)
@@ -486,11 +496,6 @@ def train(opts: TrainOptions, log=print, progress=None) -> Path:
         raise TrainingError("--latent-channels applies to the hyperprior-gmm model only")
     model = arch.build(config).to(device)
     params = arch.parameters(model)
-    for flag, name in ((opts.freeze_level_maps, "--freeze-level-maps"), (opts.decoder_only, "--decoder-only")):
-        if flag and arch.name != "vq":
-            raise TrainingError(f"{name} applies to the vq model only")
-    if opts.decoder_only and (opts.freeze_transforms or opts.freeze_level_maps):
-        raise TrainingError("--decoder-only chooses the trained parts itself: drop the --freeze-... flags")
     frozen = [p for part in ([model.g_a, model.g_s] if opts.freeze_transforms else []) for p in part.parameters()]
     if opts.freeze_level_maps:
         frozen += [*model.down.parameters(), *model.up.parameters()]
