@@ -293,7 +293,8 @@ def test_the_cli_refuses_flags_that_do_not_fit_before_it_writes_anything(tmp_pat
     out = tmp_path / "run"
     base = ["train", "image", "--data", str(tmp_path / "data"), "--out", str(out)]
     cases = ((["--decoder-only"], "vq model only"),
-             (["--arch", "vq", "--decoder-only", "--freeze-transforms"], "chooses the trained parts"))  # fmt: skip
+             (["--arch", "vq", "--decoder-only", "--freeze-transforms"], "chooses the trained parts"),
+             (["--arch", "vq", "--latent-channels", "256"], "hyperprior-gmm model only"))  # fmt: skip
     for flags, needle in cases:
         r = CliRunner().invoke(cli, base + flags)
         assert r.exit_code == 2 and needle in r.stderr and "Traceback" not in r.output, r.output

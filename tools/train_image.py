@@ -457,6 +457,8 @@ def check_options(opts: TrainOptions) -> None:
     for flag, name in ((opts.freeze_level_maps, "--freeze-level-maps"), (opts.decoder_only, "--decoder-only")):
         if flag and opts.arch != "vq":
             raise TrainingError(f"{name} applies to the vq model only")
+    if opts.latent_channels and opts.arch != "hyperprior-gmm":
+        raise TrainingError("--latent-channels applies to the hyperprior-gmm model only")
     if opts.decoder_only and (opts.freeze_transforms or opts.freeze_level_maps):
         raise TrainingError("--decoder-only chooses the trained parts itself: drop the --freeze-... flags")
 
@@ -492,13 +494,12 @@ def train(opts: TrainOptions, log=print, progress=None) -> Path:
         config = dataclasses.replace(
             config, latent_channels=opts.latent_channels or max(saved_m, config.latent_channels)
         )
-    elif opts.latent_channels:
-        raise TrainingError("--latent-channels applies to the hyperprior-gmm model only")
     model = arch.build(config).to(device)
     params = arch.parameters(model)
-    frozen = [p for part in ([model.g_a, model.g_s] if opts.freeze_transforms else []) for p in part.parameters()]
-    if opts.freeze_level_maps:
-        frozen += [*model.down.parameters(), *model.up.parameters()]
+    frozen_parts = ([model.g_a, model.g_s] if opts.freeze_transforms else []) + (
+        [model.down, model.up] if opts.freeze_level_maps else []
+    )
+    frozen = [p for part in frozen_parts for p in part.parameters()]
     if opts.decoder_only:  # what sets the keys and the features matched to them: analysis, level-down maps, keys
         frozen = [*model.g_a.parameters(), *model.down.parameters(), *(q.key_map for q in model.quantisers)]
     for p in frozen:
