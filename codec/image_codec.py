@@ -5,7 +5,9 @@ the chosen device, batched -> rounded latents -> hyper-synthesis on the CPU in
 float64 -> Gaussian-mixture tables (entropy layer) -> one DATA chunk per tile.
 Decode mirrors it; the decoder rebuilds the tables from the decoded
 hyper-latent with the same CPU float64 network, so a file encoded on a GPU
-decodes on a CPU.
+decodes on a CPU. The synthesis is followed by the model's post-filter
+(`PostFilter`, since session 10), a decoder-only refinement: it changes
+no byte of a file, only the pixels decoded from it.
 
 The hyper-synthesis's last convolution runs on integers (``ExactConv2d``,
 parameters stored with the weights as ``hyper_head``): exact in float32, so

@@ -21,7 +21,8 @@ tables' integer frequencies were fitted on training photos at export time
 and are stored in the weights, so the decoder needs no floating point to
 rebuild them and every machine reads the same indices. Pixels come from
 the synthesis transform (GDN as matrix products, as in hyperprior-gmm, so
-they do not depend on the thread count).
+they do not depend on the thread count) and the model's post-filter, if it
+has one (told the ladder point).
 
 A DATA chunk is one range-coded stream: for each kept level, coarsest
 first, for each codebook in order, for each context in order, the indices
@@ -41,7 +42,7 @@ import torch
 
 from codec import weights as shipped
 from codec.models.hyperprior import frozen
-from codec.models.vq_image import VQImageConfig, VQImageModel
+from codec.models.vq_image import VQImageConfig, VQImageModel, ladder_point
 from codec.tiled import TiledImageCodec
 from entropy import CategoricalTable, CorruptStreamError, Decoder, Encoder
 
@@ -233,6 +234,9 @@ class VQCodec(TiledImageCodec):
             with torch.no_grad():
                 y_hat, _ = model.coarse_to_fine(None, lookup, len(sizes))
                 x = synthesis(y_hat)
+                if model.post is not None:  # a decoder-only refinement (session 10): no index changes
+                    point = torch.full((x.shape[0],), float(ladder_point(*self.ladder[q - 1])), device=device)
+                    x = model.post(x, point)
             for i, b in enumerate(members):
                 out[b] = x[i]
         return torch.stack(out)

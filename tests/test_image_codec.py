@@ -142,6 +142,44 @@ def test_coding_transforms_match_the_trained_ones(gmm):
     assert torch.allclose(ya, yb, atol=1e-4) and torch.allclose(za, zb, atol=1e-3)
 
 
+def test_the_shipped_decoder_applies_its_post_filter(gmm):
+    """The post-filter is part of decoding (it changes the image) and of the trained model's output."""
+    assert gmm.model.post is not None
+    y = torch.randn(1, gmm.config.latent_channels, 4, 4) * 3
+    q = torch.tensor([0.0])
+    with torch.no_grad():
+        plain = gmm.model.synthesise(y, q, post=False)
+        assert not torch.equal(gmm.model.synthesise(y, q), plain)
+        assert torch.equal(gmm.model.synthesise(y, q), gmm.model.post(plain, q))
+
+
+def test_a_new_post_filter_is_the_identity_and_interpolates_between_levels():
+    from codec.models.hyperprior import PostFilter
+
+    torch.manual_seed(0)
+    f = PostFilter(8, 3, levels=3)
+    x = torch.rand(2, 3, 16, 12)
+    with torch.no_grad():
+        assert torch.equal(f(x, torch.tensor([0.0, 2.0])), x)
+        torch.nn.init.normal_(f.convs[-1].weight, std=0.1)
+        f.log_scale.normal_()
+        at = {q: f(x[:1], torch.tensor([q])) for q in (1.0, 1.5, 2.0)}
+        scale = f.log_scale.exp()
+        half = torch.sqrt(scale[1] * scale[2])  # geometric mean of the two levels' scales
+        f.log_scale[1] = half.log()
+        assert torch.allclose(at[1.5], f(x[:1], torch.tensor([1.0])), atol=1e-6)
+        assert not torch.allclose(at[1.5], at[2.0])
+        before = torch.get_num_threads()
+        try:
+            outs = []
+            for threads in (1, 2):
+                torch.set_num_threads(threads)
+                outs.append(f(torch.rand(1, 3, 96, 80, generator=torch.Generator().manual_seed(1)), torch.ones(1)))
+        finally:
+            torch.set_num_threads(before)
+        assert torch.equal(outs[0], outs[1])
+
+
 def test_icc_profile_survives(gmm, sample_pixels):
     picture = Picture(sample_pixels[:16, :16].copy(), icc=b"fake icc profile")
     decoded, _ = _round_trip(gmm, picture)

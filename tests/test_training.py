@@ -171,6 +171,72 @@ def test_a_wider_latent_keeps_what_the_model_learned_and_trains_on_at_its_width(
         train(dataclasses.replace(opts, steps=5, latent_channels=10), log=lambda m: None)
 
 
+def test_a_post_filter_run_adds_a_filter_and_trains_it_alone(tmp_path):
+    import dataclasses
+
+    from codec.models.hyperprior import HyperpriorGMM
+
+    small, opts, trained = _two_level_run(tmp_path)
+    messages = []
+    train(dataclasses.replace(opts, steps=4, post_filter=True, lr=1e-2), log=messages.append)
+    assert any("post-filter added" in m for m in messages)
+    after = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=False)
+    assert after["schedule_start"] == 2 and after["config"]["post_filter_channels"] > 0
+    for name, tensor in trained.items():  # the codec itself (so every file) is untouched
+        assert torch.equal(after["model"][name], tensor), name
+    assert after["model"]["post.convs.2.weight"].abs().sum() > 0  # the zero-initialised last layer learned
+    # a later run keeps the filter without the flag, and trains everything again
+    train(dataclasses.replace(opts, steps=5), log=lambda m: None)
+    last = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=False)
+    assert last["config"]["post_filter_channels"] == after["config"]["post_filter_channels"]
+    assert not torch.equal(last["model"]["g_a.0.weight"], trained["g_a.0.weight"])
+    model = HyperpriorGMM(HyperpriorConfig(**last["config"] | {"lambdas": tuple(last["config"]["lambdas"])}))
+    model.load_state_dict(last["model"])
+    with pytest.raises(TrainingError, match="trained model"):  # nothing to filter yet
+        train(dataclasses.replace(opts, out_dir=tmp_path / "new", post_filter=True), log=lambda m: None)
+
+
+def test_a_hyperprior_decoder_only_run_changes_no_file(tmp_path):
+    import dataclasses
+
+    small, opts, trained = _two_level_run(tmp_path)
+    train(dataclasses.replace(opts, steps=3, post_filter=True), log=lambda m: None)
+    before = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=False)["model"]
+    train(dataclasses.replace(opts, steps=5, decoder_only=True, lr=1e-2), log=lambda m: None)
+    after = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=False)["model"]
+    for name, tensor in before.items():  # the analysis, gains, hyper networks and z prior: every file's bytes
+        assert name.startswith(("g_s.", "log_inverse_gain", "post.")) or torch.equal(after[name], tensor), name
+    for name in ("g_s.0.weight", "g_s.6.bias", "log_inverse_gain", "post.convs.0.weight", "post.convs.2.weight"):
+        assert not torch.equal(after[name], before[name]), name
+
+
+def test_a_vq_post_filter_run_keeps_every_index_and_value(tmp_path):
+    from codec.models.vq_image import RATE_LADDER, VQImageConfig, VQImageModel
+
+    _fake_data(tmp_path / "data")
+    tiny = VQImageConfig(channels=8, latent_channels=8, levels=2, codebooks=2, entries=8)
+    opts = TrainOptions(data_root=tmp_path / "data", out_dir=tmp_path / "vq", steps=2, batch=2, crop=128,
+                        eval_every=10, arch="vq", config=tiny)  # fmt: skip
+    train(opts, log=lambda m: None)
+    before = torch.load(tmp_path / "vq" / "checkpoint.pt", weights_only=False)["model"]
+    opts.post_filter, opts.steps, opts.lr = True, 203, 1e-2  # past a restart step: none may happen
+    messages = []
+    train(opts, log=messages.append)
+    after = torch.load(tmp_path / "vq" / "checkpoint.pt", weights_only=False)
+    for name, tensor in before.items():  # usage is a running count of the (unchanged) assignments
+        assert name.endswith(".usage") or torch.equal(after["model"][name], tensor), name
+    assert after["model"]["post.log_scale"].shape[0] == len(RATE_LADDER)
+    assert after["model"]["post.convs.2.weight"].abs().sum() > 0
+    assert any("post-filter added" in m for m in messages) and not any("restarted" in m for m in messages)
+    model = VQImageModel(VQImageConfig(**after["config"])).eval()
+    model.load_state_dict(after["model"])
+    x = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        out = model(x, 1)
+        assert not torch.equal(out.x_hat, out.x_plain)
+        assert torch.allclose(model.decode_indices(out.indices), out.x_hat, atol=1e-5)
+
+
 def test_the_rate_ramp_lets_new_channels_learn_before_they_pay():
     from codec.models.hyperprior import HyperpriorGMM
     from tools.train_image import RateRamp, rate_distortion_loss
@@ -261,7 +327,7 @@ def test_a_decoder_only_run_keeps_every_key_and_what_is_matched_to_it(tmp_path):
     tiny = VQImageConfig(channels=8, latent_channels=8, levels=2, codebooks=2, entries=8)
     opts = TrainOptions(data_root=tmp_path / "data", out_dir=tmp_path / "vq", steps=2, batch=2, crop=128,
                         eval_every=10, arch="vq", config=tiny, decoder_only=True)  # fmt: skip
-    with pytest.raises(TrainingError, match="trained vq model"):  # nothing to fine-tune yet
+    with pytest.raises(TrainingError, match="fine-tunes a trained"):  # nothing to fine-tune yet
         train(opts, log=lambda m: None)
     opts.decoder_only = False
     train(opts, log=lambda m: None)
@@ -280,7 +346,7 @@ def test_a_decoder_only_run_keeps_every_key_and_what_is_matched_to_it(tmp_path):
     opts.freeze_transforms = True
     with pytest.raises(TrainingError, match="chooses the trained parts"):
         train(opts, log=lambda m: None)
-    with pytest.raises(TrainingError, match="vq model only"):
+    with pytest.raises(TrainingError, match="fine-tunes a trained"):
         train(TrainOptions(data_root=tmp_path / "data", out_dir=tmp_path / "h", decoder_only=True), log=lambda m: None)
 
 
@@ -292,9 +358,11 @@ def test_the_cli_refuses_flags_that_do_not_fit_before_it_writes_anything(tmp_pat
     _fake_data(tmp_path / "data")
     out = tmp_path / "run"
     base = ["train", "image", "--data", str(tmp_path / "data"), "--out", str(out)]
-    cases = ((["--decoder-only"], "vq model only"),
+    cases = ((["--freeze-level-maps"], "vq model only"),
              (["--arch", "vq", "--decoder-only", "--freeze-transforms"], "chooses the trained parts"),
-             (["--arch", "vq", "--latent-channels", "256"], "hyperprior-gmm model only"))  # fmt: skip
+             (["--arch", "vq", "--latent-channels", "256"], "hyperprior-gmm model only"),
+             (["--arch", "vq", "--post-filter", "--decoder-only"], "post-filter alone"),
+             (["--post-filter", "--freeze-transforms"], "post-filter alone"))  # fmt: skip
     for flags, needle in cases:
         r = CliRunner().invoke(cli, base + flags)
         assert r.exit_code == 2 and needle in r.stderr and "Traceback" not in r.output, r.output

@@ -141,8 +141,15 @@ def train() -> None:
 @click.option(
     "--decoder-only",
     is_flag=True,
-    help="vq: fine-tune a trained model's decoder side (values, up maps, synthesis); the analysis, level-down maps "
-    "and keys stay, so every index keeps its key. Session 9's recipe: --lr 5e-5 --new-schedule.",
+    help="Fine-tune a trained model's decoder side only. vq: values, up maps, synthesis; the analysis, level-down "
+    "maps and keys stay, so every index keeps its key (session 9: --lr 5e-5 --new-schedule). hyperprior-gmm: "
+    "synthesis, inverse gains and post-filter, for every quality alike in dB; no file changes.",
+)
+@click.option(
+    "--post-filter",
+    is_flag=True,
+    help="hyperprior-gmm: train only the decoder's post-filter (adding one to a model that has none); the rest "
+    "of the model, so every file's bytes, stays. Session 10's recipe: --lr 1e-3 --new-schedule --crop 192.",
 )
 @click.option(
     "--latent-channels",
@@ -173,6 +180,7 @@ def train_image(
     freeze_transforms,
     freeze_level_maps,
     decoder_only,
+    post_filter,
     latent_channels,
     compile_model,
     export,
@@ -200,6 +208,7 @@ def train_image(
         freeze_transforms=freeze_transforms,
         freeze_level_maps=freeze_level_maps,
         decoder_only=decoder_only,
+        post_filter=post_filter,
         latent_channels=latent_channels,
         compile=compile_model,
     )

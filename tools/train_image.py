@@ -101,6 +101,18 @@ def learning_rate(step: int, peak: float, warmup: int, total: int) -> float:
     return peak * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * t)))
 
 
+def post_filter_objective(x_hat: torch.Tensor, x_plain: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """Mean over the batch of ln(MSE after the post-filter / MSE before): a dB gain that weighs every rate alike.
+
+    The MSE before the filter is a constant here (detached): its gradient
+    is that of ln(MSE after), so a run that also trains the synthesis
+    improves the final image rather than spoiling the unfiltered one.
+    """
+    after = (x_hat - x).pow(2).flatten(1).mean(1).clamp_min(1e-10)
+    before = (x_plain - x).pow(2).flatten(1).mean(1).clamp_min(1e-10).detach()
+    return torch.log(after / before).mean()
+
+
 class HyperpriorArch:
     """hyperprior-gmm: every sample of a batch trains its own random quality level."""
 
@@ -119,6 +131,24 @@ class HyperpriorArch:
     ):
         quality = torch.from_numpy(rng.integers(0, model.config.levels, x.shape[0])).to(x.device)
         return rate_distortion_loss(model, x, quality, rate_weight)
+
+    def decoder_loss(
+        self, model: HyperpriorGMM, x: torch.Tensor, rng: np.random.Generator, rate_weight: torch.Tensor | None = None
+    ):
+        """The loss of a run that trains the decoder side only (--post-filter, --decoder-only).
+
+        The encoder side is frozen, so the rate is fixed and only the
+        distortion can move: `post_filter_objective`, the mean over the
+        batch of ln(MSE), which weighs every quality alike in decibels.
+        lambda x MSE would leave the low qualities, where the decoder has
+        most to gain, almost no say (lambda spans a factor of 800).
+        """
+        quality = torch.from_numpy(rng.integers(0, model.config.levels, x.shape[0])).to(x.device)
+        out = model(x, quality)
+        pixels = x.shape[2] * x.shape[3]
+        bpp = sum(-torch.log2(lk).flatten(1).sum(1) for lk in out["likelihoods"].values()) / pixels
+        mse = (out["x_hat"] - x).pow(2).flatten(1).mean(1)
+        return post_filter_objective(out["x_hat"], out["x_plain"], x), bpp.detach(), mse.detach()
 
     def maintain(self, model: HyperpriorGMM, x: torch.Tensor, step: int, generator: torch.Generator) -> str:
         return ""
@@ -167,7 +197,8 @@ class VQArch:
     def parameters(self, model: VQImageModel) -> list[torch.nn.Parameter]:
         return list(model.parameters())
 
-    def loss(self, model: VQImageModel, x: torch.Tensor, rng: np.random.Generator, rate_weight=None):
+    def _ladder_forward(self, model: VQImageModel, x: torch.Tensor, rng: np.random.Generator):
+        """The model's output at a random point of the rate ladder, and that point's fixed-length bpp."""
         # Each batch trains one point of the codec's ladder, derived smaller codebooks included
         # (session 9: a decoder trained on full codebooks only gained half as much at those points).
         keep, entries = RATE_LADDER[int(rng.integers(len(RATE_LADDER)))]
@@ -179,10 +210,18 @@ class VQArch:
             # floors weights at 1e-3, meant for the export's counts, which would inflate rare entries.
             finest = q.derive(entries, q.usage * USAGE_AS_COUNTS)
         out = model(x, keep, finest)
+        bpp = model.bits(x.shape[2], x.shape[3], keep, entries) / (x.shape[2] * x.shape[3])
+        return out, torch.full((x.shape[0],), bpp, device=x.device)
+
+    def loss(self, model: VQImageModel, x: torch.Tensor, rng: np.random.Generator, rate_weight=None):
+        out, bpp = self._ladder_forward(model, x, rng)
         mse = (out.x_hat - x).pow(2).flatten(1).mean(1)
-        bits = model.bits(x.shape[2], x.shape[3], keep, entries)
-        bpp = torch.full_like(mse, bits / (x.shape[2] * x.shape[3]))
         return (self.distortion_weight * mse).mean() + self.commitment_weight * out.commitment, bpp, mse.detach()
+
+    def decoder_loss(self, model: VQImageModel, x: torch.Tensor, rng: np.random.Generator, rate_weight=None):
+        """A --post-filter run's loss: `post_filter_objective` at a random ladder point."""
+        out, bpp = self._ladder_forward(model, x, rng)
+        return post_filter_objective(out.x_hat, out.x_plain, x), bpp, (out.x_hat - x).pow(2).flatten(1).mean(1).detach()
 
     def maintain(self, model: VQImageModel, x: torch.Tensor, step: int, generator: torch.Generator) -> str:
         if not bool(model.quantisers[0].initialised):
@@ -429,7 +468,9 @@ class TrainOptions:
     init_from: Path | None = None  # a new run starts its transforms (g_a, g_s) from these weights
     freeze_transforms: bool = False  # train everything but g_a and g_s (e.g. VQ codebooks on trained transforms)
     freeze_level_maps: bool = False  # vq: keep the level-down/up maps too (their scale drifts against the codebooks)
-    decoder_only: bool = False  # vq: train only what rebuilds the image (values, up maps, g_s); no restarts
+    decoder_only: bool = False  # train only what rebuilds the image (vq: values, up maps, g_s, no restarts;
+    # hyperprior: g_s, inverse gains and post-filter), so no file changes
+    post_filter: bool = False  # train only the post-filter (adding one of POST_FILTER's shape if the model has none)
     latent_channels: int = 0  # hyperprior M (0: the config's); more than the checkpoint's widens it
     compile: bool = False  # torch.compile the training forward pass (about a minute to compile, then faster)
     mirror: Path | None = None  # also keep each checkpoint (without Adam's state) and the curve here ($OUT on a GPU)
@@ -452,11 +493,19 @@ def load_transforms(model: torch.nn.Module, weights: Path) -> int:
     return len(picked)
 
 
+# Shape (channels, convolutions) of a post-filter that --post-filter adds: chosen in session 10 for
+# gain per decode millisecond (docs/models.md, hyperprior-gmm "Session 10").
+POST_FILTER = (32, 3)
+
+
 def check_options(opts: TrainOptions) -> None:
     """Refuse flags that do not fit together, before anything is read or written."""
-    for flag, name in ((opts.freeze_level_maps, "--freeze-level-maps"), (opts.decoder_only, "--decoder-only")):
-        if flag and opts.arch != "vq":
-            raise TrainingError(f"{name} applies to the vq model only")
+    if opts.post_filter and (opts.freeze_transforms or opts.freeze_level_maps or opts.decoder_only):
+        raise TrainingError("--post-filter trains the post-filter alone: drop the --freeze-.../--decoder-only flags")
+    if opts.post_filter and opts.latent_channels:
+        raise TrainingError("--post-filter trains the post-filter alone: drop --latent-channels")
+    if opts.freeze_level_maps and opts.arch != "vq":
+        raise TrainingError("--freeze-level-maps applies to the vq model only")
     if opts.latent_channels and opts.arch != "hyperprior-gmm":
         raise TrainingError("--latent-channels applies to the hyperprior-gmm model only")
     if opts.decoder_only and (opts.freeze_transforms or opts.freeze_level_maps):
@@ -488,9 +537,14 @@ def train(opts: TrainOptions, log=print, progress=None) -> Path:
         source = torch.load(opts.init_from, map_location="cpu", weights_only=False).get("config") or {}
         widths = {k: source[k] for k in ("channels", "latent_channels") if k in source}
         config = dataclasses.replace(config, **widths)
+    # A model with a post-filter keeps it; --post-filter gives one to a model that has none.
+    saved_config = state["config"] if state else {}
+    post = (saved_config.get("post_filter_channels", 0), saved_config.get("post_filter_depth", 3))
+    post = POST_FILTER if opts.post_filter and not post[0] else post
+    config = dataclasses.replace(config, post_filter_channels=post[0], post_filter_depth=post[1])
     if isinstance(config, HyperpriorConfig):
         # A widened run goes on at its width without repeating --latent-channels.
-        saved_m = state["config"].get("latent_channels", 0) if state else 0
+        saved_m = saved_config.get("latent_channels", 0)
         config = dataclasses.replace(
             config, latent_channels=opts.latent_channels or max(saved_m, config.latent_channels)
         )
@@ -500,8 +554,15 @@ def train(opts: TrainOptions, log=print, progress=None) -> Path:
         [model.down, model.up] if opts.freeze_level_maps else []
     )
     frozen = [p for part in frozen_parts for p in part.parameters()]
-    if opts.decoder_only:  # what sets the keys and the features matched to them: analysis, level-down maps, keys
+    if opts.decoder_only and opts.arch == "vq":  # what sets the keys and what is matched to them: g_a, down maps, keys
         frozen = [*model.g_a.parameters(), *model.down.parameters(), *(q.key_map for q in model.quantisers)]
+    elif opts.decoder_only:  # everything that decides a file's bytes: g_a, gains, h_a, h_s, the z prior
+        decoder = [*model.g_s.parameters(), model.log_inverse_gain, *(model.post.parameters() if model.post else [])]
+        trained = {id(p) for p in decoder}
+        frozen = [p for p in model.parameters() if id(p) not in trained]
+    if opts.post_filter:  # everything but the filter: the files and their decoded images before it stay the same
+        trained = {id(p) for p in model.post.parameters()}
+        frozen = [p for p in model.parameters() if id(p) not in trained]
     for p in frozen:
         p.requires_grad_(False)
     params = [p for p in params if p.requires_grad]
@@ -516,23 +577,28 @@ def train(opts: TrainOptions, log=print, progress=None) -> Path:
             raise TrainingError(f"{ckpt_path} was trained as another model: {state.get('arch')}")
         saved_lambdas = tuple(state["config"].get("lambdas", ()))
         saved = arch.config_type(**state["config"] | ({"lambdas": saved_lambdas} if saved_lambdas else {}))
-        # A hyperprior may move to another ladder of rate levels and grow its latent;
-        # any other change is another model.
-        reshaped = (
-            isinstance(saved, HyperpriorConfig)
-            and saved != config
-            and config.latent_channels >= saved.latent_channels
-            and dataclasses.replace(saved, lambdas=config.lambdas, latent_channels=config.latent_channels) == config
+        # Any model may gain a post-filter; a hyperprior may also move to another ladder of
+        # rate levels and grow its latent. Any other change is another model.
+        adds_post = not saved.post_filter_channels and config.post_filter_channels > 0
+        grown = dataclasses.replace(
+            saved, post_filter_channels=config.post_filter_channels, post_filter_depth=config.post_filter_depth
         )
+        if isinstance(saved, HyperpriorConfig) and config.latent_channels >= saved.latent_channels:
+            grown = dataclasses.replace(grown, lambdas=config.lambdas, latent_channels=config.latent_channels)
+        reshaped = saved != config and grown == config
         if saved != config and not reshaped:
             raise TrainingError(f"{ckpt_path} was trained as another model: {state['config']}")
-        if reshaped and saved.lambdas != config.lambdas:
+        if reshaped and getattr(saved, "lambdas", ()) != getattr(config, "lambdas", ()):
             regain_levels(state["model"], saved.lambdas, config.lambdas)
             log(f"rate levels changed from {len(saved.lambdas)} to {config.levels}: gains re-fitted, optimiser reset")
-        if reshaped and saved.latent_channels != config.latent_channels:
+        if reshaped and isinstance(saved, HyperpriorConfig) and saved.latent_channels != config.latent_channels:
             widen_latent(state["model"], dataclasses.replace(saved, lambdas=config.lambdas), config, opts.seed)
             widened_from = saved.latent_channels
             log(f"latent widened from {saved.latent_channels} to {config.latent_channels} channels, optimiser reset")
+        if adds_post and reshaped:
+            # The new filter starts as the identity (PostFilter zero-initialises its last layer).
+            state["model"] |= {k: v for k, v in model.state_dict().items() if k.startswith("post.")}
+            log(f"post-filter added ({config.post_filter_channels} channels, {config.post_filter_depth} convolutions)")
         model.load_state_dict(state["model"])
         if not reshaped and state.get("optimizer") is None:
             log("the checkpoint has no optimiser state (a committed one): Adam starts afresh")
@@ -556,7 +622,11 @@ def train(opts: TrainOptions, log=print, progress=None) -> Path:
     elif opts.init_from:
         log(f"transforms from {opts.init_from}: {load_transforms(model, opts.init_from)} tensors")
 
-    if opts.decoder_only and not bool(model.quantisers[0].initialised):
+    if opts.post_filter and state is None:
+        raise TrainingError("--post-filter trains a filter for a trained model: resume a run or a committed one")
+    if opts.decoder_only and state is None:
+        raise TrainingError("--decoder-only fine-tunes a trained model: resume a run or start from a committed one")
+    if opts.decoder_only and opts.arch == "vq" and not bool(model.quantisers[0].initialised):
         raise TrainingError("--decoder-only fine-tunes a trained vq model: resume a run or start from a committed one")
     images = load_training_images(opts.data_root, opts.crop)
     holdout = load_holdout(opts.data_root)
@@ -605,6 +675,9 @@ def train(opts: TrainOptions, log=print, progress=None) -> Path:
     # (oneDNN's convolutions prefer NHWC) 387 ms; compiled as well 357 ms.
     model.to(memory_format=torch.channels_last)
     forward_model = torch.compile(model) if opts.compile else model
+    # A hyperprior's decoder trains for every quality alike in dB; vq's decoder-only run keeps its own loss.
+    decoder_run = opts.post_filter or (opts.decoder_only and opts.arch == "hyperprior-gmm")
+    loss_of = arch.decoder_loss if decoder_run else arch.loss
     start = last_save = time.time()
     running = None
     model.train()
@@ -612,21 +685,21 @@ def train(opts: TrainOptions, log=print, progress=None) -> Path:
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(step - schedule_start, opts.lr, opts.warmup, opts.steps - schedule_start)
         x = random_batch(images, opts.batch, opts.crop, rng).to(device).contiguous(memory_format=torch.channels_last)
-        # Restarts move keys; a decoder-only run keeps every index's key.
-        note = "" if opts.decoder_only else arch.maintain(model, x, step, generator)
+        # Restarts move keys; a decoder-only (or post-filter) run keeps every index's key.
+        note = "" if opts.decoder_only or opts.post_filter else arch.maintain(model, x, step, generator)
         if note:
             log(f"step {step}: {note}")
         if rate_ramp and step >= rate_ramp.start + rate_ramp.steps:
             rate_ramp = None  # every channel pays in full from here on
         rate_weight = rate_ramp.weights(step, config.latent_channels).to(device) if rate_ramp else None
         try:
-            loss, bpp, mse = arch.loss(forward_model, x, rng, rate_weight)
+            loss, bpp, mse = loss_of(forward_model, x, rng, rate_weight)
         except torch._dynamo.exc.TorchDynamoException as exc:  # compiling fails at the first call, e.g. no C++ compiler
             if forward_model is model:
                 raise
             log(f"torch.compile failed ({type(exc).__name__}): training without it")
             forward_model = model
-            loss, bpp, mse = arch.loss(model, x, rng, rate_weight)
+            loss, bpp, mse = loss_of(model, x, rng, rate_weight)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, opts.clip)

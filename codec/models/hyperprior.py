@@ -49,6 +49,8 @@ class HyperpriorConfig:
     hyper_channels: int = 64  # channels of the hyper-latent z
     mixtures: int = 3  # K: Gaussian components per latent element
     lambdas: tuple[float, ...] = DEFAULT_LAMBDAS
+    post_filter_channels: int = 0  # width of the decoder's post-filter (0: none; see PostFilter)
+    post_filter_depth: int = 3  # its 3x3 convolutions
 
     @property
     def levels(self) -> int:
@@ -74,6 +76,57 @@ def synthesis_transform(n: int, m: int) -> nn.Sequential:
         _deconv(m, n), GDN(n, inverse=True), _deconv(n, n), GDN(n, inverse=True),
         _deconv(n, n), GDN(n, inverse=True), _deconv(n, 3),
     )  # fmt: skip
+
+
+def interpolate_levels(table: torch.Tensor, quality: torch.Tensor) -> torch.Tensor:
+    """Rows of a per-level table (levels, ...) at 0-based level positions `quality` (B,), linearly.
+
+    Fractional positions mix the two neighbouring levels' rows; applied to
+    logarithms (gains, scales) this is geometric interpolation.
+    """
+    levels = table.shape[0]
+    q = quality.to(table.dtype).clamp(0, levels - 1)
+    lo = q.floor().long().clamp(max=levels - 2) if levels > 1 else q.long()
+    hi = (lo + 1).clamp(max=levels - 1)
+    t = (q - lo.to(q.dtype)).reshape(-1, *([1] * (table.dim() - 1)))
+    return (1 - t) * table[lo] + t * table[hi]
+
+
+class PostFilter(nn.Module):
+    """A small residual CNN on the decoded image: part of the decoder, not of the file.
+
+    The synthesis of a codec trained on a 2-core CPU leaves blur and ringing
+    that a few convolutions can partly undo (session 10: +0.3 dB at the low
+    qualities on held-out photos, little at the top). To stay cheap it works
+    at half resolution: the image is pixel-unshuffled into 12 channels, goes
+    through `depth` 3x3 convolutions (ReLU between) and is shuffled back as a
+    correction added to the input. Each quality level scales the hidden
+    channels by its own learned factors (geometrically interpolated, like the
+    gains), so one filter serves every rate. The last convolution starts at
+    zero: a new filter leaves the image unchanged. Plain 3x3 convolutions:
+    their results do not depend on the thread count (tested).
+    """
+
+    SHUFFLE = 2
+
+    def __init__(self, channels: int, depth: int, levels: int):
+        super().__init__()
+        if depth < 2:
+            raise ValueError("a post-filter needs at least 2 convolutions")
+        outer = 3 * self.SHUFFLE**2
+        widths = [outer] + [channels] * (depth - 1) + [outer]
+        self.convs = nn.ModuleList(nn.Conv2d(a, b, 3, padding=1) for a, b in zip(widths[:-1], widths[1:]))
+        nn.init.zeros_(self.convs[-1].weight)
+        nn.init.zeros_(self.convs[-1].bias)
+        self.log_scale = nn.Parameter(torch.zeros(levels, depth - 1, channels))
+
+    def forward(self, x: torch.Tensor, quality: torch.Tensor) -> torch.Tensor:
+        """`x` (B, 3, H, W) with even H and W; `quality` (B,) 0-based level positions."""
+        scales = interpolate_levels(self.log_scale, quality).exp()
+        h = F.pixel_unshuffle(x, self.SHUFFLE)
+        for i, conv in enumerate(self.convs[:-1]):
+            h = F.relu(conv(h) * scales[:, i, :, None, None])
+        return x + F.pixel_shuffle(self.convs[-1](h), self.SHUFFLE)
 
 
 def mixture_likelihood(
@@ -201,6 +254,11 @@ class HyperpriorGMM(nn.Module):
         init = torch.linspace(math.log(0.5), math.log(3.0), levels)
         self.log_gain = nn.Parameter(init[:, None].repeat(1, m).clone())
         self.log_inverse_gain = nn.Parameter(-init[:, None].repeat(1, m).clone())
+        self.post = (
+            PostFilter(config.post_filter_channels, config.post_filter_depth, levels)
+            if config.post_filter_channels
+            else None
+        )
 
     # -- gains -------------------------------------------------------------
     def gains(self, quality: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -209,12 +267,8 @@ class HyperpriorGMM(nn.Module):
         ``quality`` holds 0-based level positions; fractional values
         interpolate geometrically between neighbouring levels.
         """
-        q = quality.to(self.log_gain.dtype).clamp(0, self.config.levels - 1)
-        lo = q.floor().long().clamp(max=self.config.levels - 2) if self.config.levels > 1 else q.long()
-        t = (q - lo.to(q.dtype))[:, None]
-        hi = (lo + 1).clamp(max=self.config.levels - 1)
-        log_g = (1 - t) * self.log_gain[lo] + t * self.log_gain[hi]
-        log_ig = (1 - t) * self.log_inverse_gain[lo] + t * self.log_inverse_gain[hi]
+        log_g = interpolate_levels(self.log_gain, quality)
+        log_ig = interpolate_levels(self.log_inverse_gain, quality)
         return log_g.exp()[:, :, None, None], log_ig.exp()[:, :, None, None]
 
     # -- pieces used by real coding ----------------------------------------
@@ -241,14 +295,20 @@ class HyperpriorGMM(nn.Module):
         scales = F.softplus(out[:, 2]) + SCALE_MIN
         return weights, means, scales
 
-    def synthesise(self, y_hat: torch.Tensor, quality: torch.Tensor, g_s: nn.Module | None = None) -> torch.Tensor:
-        """Reconstruction from the rounded latent; `g_s` may be `frozen(model.g_s)`."""
+    def synthesise(
+        self, y_hat: torch.Tensor, quality: torch.Tensor, g_s: nn.Module | None = None, post: bool = True
+    ) -> torch.Tensor:
+        """Reconstruction from the rounded latent; `g_s` may be `frozen(model.g_s)`.
+
+        The post-filter, if the model has one, runs unless `post` is False.
+        """
         _, inverse_gain = self.gains(quality)
-        return (g_s or self.g_s)(y_hat * inverse_gain)
+        x_hat = (g_s or self.g_s)(y_hat * inverse_gain)
+        return self.post(x_hat, quality) if post and self.post is not None else x_hat
 
     # -- training -------------------------------------------------------------
     def forward(self, x: torch.Tensor, quality: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Training path: reconstruction plus the likelihoods of y and z.
+        """Training path: reconstruction (and, as "x_plain", before any post-filter) plus the likelihoods of y and z.
 
         The rate uses additive uniform noise; the synthesis sees the rounded
         latent through a straight-through estimator (mixed quantisation,
@@ -263,8 +323,9 @@ class HyperpriorGMM(nn.Module):
         else:
             y_noisy = y_ste = torch.round(y)
         y_likelihoods = mixture_likelihood(y_noisy, weights, means, scales)
-        x_hat = self.synthesise(y_ste, quality)
-        return {"x_hat": x_hat, "likelihoods": {"y": y_likelihoods, "z": z_likelihoods}}
+        x_plain = self.synthesise(y_ste, quality, post=False)
+        x_hat = self.post(x_plain, quality) if self.post is not None else x_plain
+        return {"x_hat": x_hat, "x_plain": x_plain, "likelihoods": {"y": y_likelihoods, "z": z_likelihoods}}
 
     def parameter_count(self) -> int:
         return sum(p.numel() for p in self.parameters())

@@ -23,7 +23,7 @@ from typing import Sequence
 import torch
 import torch.nn as nn
 
-from codec.models.hyperprior import _conv, _deconv, analysis_transform, synthesis_transform
+from codec.models.hyperprior import PostFilter, _conv, _deconv, analysis_transform, synthesis_transform
 from codec.models.vq import MultiCodebookQuantiser
 
 
@@ -35,6 +35,8 @@ class VQImageConfig:
     codebooks: int = 4  # per level
     entries: int = 256  # per codebook
     commitment: float = 0.25
+    post_filter_channels: int = 0  # width of the decoder's post-filter (0: none), one scale set per ladder point
+    post_filter_depth: int = 3
 
 
 # The rate ladder the codec ships, lowest rate first: (levels kept, entries of the finest kept
@@ -42,11 +44,24 @@ class VQImageConfig:
 RATE_LADDER = ((1, 256), (2, 16), (2, 64), (2, 256), (3, 16), (3, 64), (3, 256))
 
 
+def ladder_point(keep: int, entries: int) -> int:
+    """Position in RATE_LADDER of (levels kept, finest kept codebook size): what the post-filter is told.
+
+    A pair not on the ladder (a model of other sizes) counts as the last
+    point that keeps as many levels (or the last of all).
+    """
+    if (keep, entries) in RATE_LADDER:
+        return RATE_LADDER.index((keep, entries))
+    same = [i for i, (k, _) in enumerate(RATE_LADDER) if k == keep]
+    return same[-1] if same else len(RATE_LADDER) - 1
+
+
 @dataclass
 class VQOutput:
     x_hat: torch.Tensor
     indices: list[torch.Tensor]  # per level, coarsest first, each (B, codebooks, h, w)
     commitment: torch.Tensor
+    x_plain: torch.Tensor  # the synthesis's output before any post-filter
 
 
 class VQImageModel(nn.Module):
@@ -61,6 +76,19 @@ class VQImageModel(nn.Module):
         self.quantisers = nn.ModuleList(
             [MultiCodebookQuantiser(m, config.codebooks, config.entries, config.commitment) for _ in range(levels)]
         )
+        self.post = (
+            PostFilter(config.post_filter_channels, config.post_filter_depth, len(RATE_LADDER))
+            if config.post_filter_channels
+            else None
+        )
+
+    def synthesise(self, y_hat: torch.Tensor, point: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(image, image before the post-filter) from the latent, for ladder point `point`."""
+        x_plain = self.g_s(y_hat)
+        if self.post is None:
+            return x_plain, x_plain
+        quality = torch.full((x_plain.shape[0],), float(point), device=x_plain.device)
+        return self.post(x_plain, quality), x_plain
 
     def features(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Feature maps per level, finest (1/16) first."""
@@ -103,6 +131,7 @@ class VQImageModel(nn.Module):
         level, e.g. derived smaller ones, so a decoder learns those rate points too.
         """
         keep = self.config.levels if keep is None else keep
+        point = ladder_point(keep, self.config.entries if finest is None else finest[0].shape[-2])
         feats = self.features(x)
         finest_level = self.config.levels - keep
 
@@ -113,7 +142,8 @@ class VQImageModel(nn.Module):
         y_hat, extras = self.coarse_to_fine(feats, quantise, keep)
         indices = [e[0] for e in extras]
         commitment = torch.stack([e[1] for e in extras]).sum()
-        return VQOutput(self.g_s(y_hat), indices, commitment)
+        x_hat, x_plain = self.synthesise(y_hat, point)
+        return VQOutput(x_hat, indices, commitment, x_plain)
 
     @torch.no_grad()
     def encode_indices(self, x: torch.Tensor, keep: int | None = None) -> list[torch.Tensor]:
@@ -130,12 +160,12 @@ class VQImageModel(nn.Module):
 
     @torch.no_grad()
     def decode_indices(self, indices: list[torch.Tensor]) -> torch.Tensor:
-        """Image from the indices of the first len(indices) levels (coarsest first)."""
+        """Image from the indices of the first len(indices) levels (coarsest first), full codebooks."""
         levels = self.config.levels
         by_level = {levels - 1 - i: idx for i, idx in enumerate(indices)}
         y_hat, _ = self.coarse_to_fine(None, lambda level, _: (self.quantisers[level].lookup(by_level[level]), None),
                                         len(indices))  # fmt: skip
-        return self.g_s(y_hat)
+        return self.synthesise(y_hat, ladder_point(len(indices), self.config.entries))[0]
 
     @torch.no_grad()
     def initialise_codebooks(self, x: torch.Tensor, generator: torch.Generator | None = None) -> None:
