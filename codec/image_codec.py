@@ -6,8 +6,9 @@ float64 -> Gaussian-mixture tables (entropy layer) -> one DATA chunk per tile.
 Decode mirrors it; the decoder rebuilds the tables from the decoded
 hyper-latent with the same CPU float64 network, so a file encoded on a GPU
 decodes on a CPU. The synthesis is followed by the model's post-filter
-(`PostFilter`, since session 10), a decoder-only refinement: it changes
-no byte of a file, only the pixels decoded from it.
+(`PostFilter`, since session 10), a decoder-only refinement: the coded
+data do not depend on it, only the pixels decoded from them (the weights
+digest in the header still names the weights as a whole).
 
 The hyper-synthesis's last convolution runs on integers (``ExactConv2d``,
 parameters stored with the weights as ``hyper_head``): exact in float32, so

@@ -175,6 +175,7 @@ def test_a_post_filter_run_adds_a_filter_and_trains_it_alone(tmp_path):
     import dataclasses
 
     from codec.models.hyperprior import HyperpriorGMM
+    from tools.train_image import regain_levels
 
     small, opts, trained = _two_level_run(tmp_path)
     messages = []
@@ -194,6 +195,20 @@ def test_a_post_filter_run_adds_a_filter_and_trains_it_alone(tmp_path):
     model.load_state_dict(last["model"])
     with pytest.raises(TrainingError, match="trained model"):  # nothing to filter yet
         train(dataclasses.replace(opts, out_dir=tmp_path / "new", post_filter=True), log=lambda m: None)
+    # a new ladder of levels re-fits the filter's per-level scales with the gains
+    three = dataclasses.replace(small, lambdas=(0.01, 0.02, 0.04))
+    train(dataclasses.replace(opts, steps=6, config=three), log=lambda m: None)
+    refit = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=False)["model"]["post.log_scale"]
+    before = last["model"]["post.log_scale"]
+    assert refit.shape == (3, *before.shape[1:])
+    state = {k: v.clone() for k, v in last["model"].items()}
+    regain_levels(state, small.lambdas, three.lambdas)
+    assert torch.allclose(state["post.log_scale"][1], before.mean(0), atol=1e-6)  # halfway in log-lambda
+    # a new run whose config asks for a filter gets one
+    filtered = dataclasses.replace(small, post_filter_channels=4)
+    train(dataclasses.replace(opts, out_dir=tmp_path / "fresh", config=filtered), log=lambda m: None)
+    fresh = torch.load(tmp_path / "fresh" / "checkpoint.pt", weights_only=False)
+    assert fresh["config"]["post_filter_channels"] == 4 and "post.log_scale" in fresh["model"]
 
 
 def test_a_hyperprior_decoder_only_run_changes_no_file(tmp_path):

@@ -143,13 +143,13 @@ def train() -> None:
     is_flag=True,
     help="Fine-tune a trained model's decoder side only. vq: values, up maps, synthesis; the analysis, level-down "
     "maps and keys stay, so every index keeps its key (session 9: --lr 5e-5 --new-schedule). hyperprior-gmm: "
-    "synthesis, inverse gains and post-filter, for every quality alike in dB; no file changes.",
+    "synthesis, inverse gains and post-filter, for every quality alike in dB; the coded data stays.",
 )
 @click.option(
     "--post-filter",
     is_flag=True,
-    help="hyperprior-gmm: train only the decoder's post-filter (adding one to a model that has none); the rest "
-    "of the model, so every file's bytes, stays. Session 10's recipe: --lr 1e-3 --new-schedule --crop 192.",
+    help="Train only the decoder's post-filter (adding one to a model that has none, which starts a new "
+    "schedule); the rest of the model, so the coded data of every file, stays. Session 10: --lr 1e-3 --crop 192.",
 )
 @click.option(
     "--latent-channels",

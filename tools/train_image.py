@@ -138,10 +138,13 @@ class HyperpriorArch:
         """The loss of a run that trains the decoder side only (--post-filter, --decoder-only).
 
         The encoder side is frozen, so the rate is fixed and only the
-        distortion can move: `post_filter_objective`, the mean over the
-        batch of ln(MSE), which weighs every quality alike in decibels.
-        lambda x MSE would leave the low qualities, where the decoder has
-        most to gain, almost no say (lambda spans a factor of 800).
+        distortion can move: `post_filter_objective`, whose gradient is that
+        of the mean over the batch of ln(MSE), which weighs every quality
+        alike in decibels. lambda x MSE would leave the low qualities, where
+        the decoder has most to gain, little say (lambda spans a factor of
+        800; with the MSE, the top level's gradient weighs about 40 times the
+        lowest one's). Without a filter (a --decoder-only run of a model
+        that has none) the logged value is 0; the gradient is the same.
         """
         quality = torch.from_numpy(rng.integers(0, model.config.levels, x.shape[0])).to(x.device)
         out = model(x, quality)
@@ -255,14 +258,17 @@ def regain_levels(state: dict[str, torch.Tensor], old: tuple[float, ...], new: t
     by all levels and carry over unchanged.
     """
     x_old = np.log(np.asarray(old, np.float64))
-    for name in ("log_gain", "log_inverse_gain"):
-        table = state[name].double().numpy()  # (levels, M)
+    for name in ("log_gain", "log_inverse_gain", "post.log_scale"):  # every per-level table (the filter's if any)
+        if name not in state:
+            continue
+        shape = state[name].shape
+        table = state[name].double().reshape(shape[0], -1).numpy()  # (levels, ...)
         rows = []
         for lam in np.log(np.asarray(new, np.float64)):
             i = int(np.clip(np.searchsorted(x_old, lam) - 1, 0, len(old) - 2))
             t = (lam - x_old[i]) / (x_old[i + 1] - x_old[i])
             rows.append((1 - t) * table[i] + t * table[i + 1])
-        state[name] = torch.from_numpy(np.stack(rows)).to(state[name].dtype)
+        state[name] = torch.from_numpy(np.stack(rows)).to(state[name].dtype).reshape(len(new), *shape[1:])
 
 
 def widen_latent(state: dict[str, torch.Tensor], old: HyperpriorConfig, new: HyperpriorConfig, seed: int = 0) -> None:
@@ -539,7 +545,9 @@ def train(opts: TrainOptions, log=print, progress=None) -> Path:
         config = dataclasses.replace(config, **widths)
     # A model with a post-filter keeps it; --post-filter gives one to a model that has none.
     saved_config = state["config"] if state else {}
-    post = (saved_config.get("post_filter_channels", 0), saved_config.get("post_filter_depth", 3))
+    post = (config.post_filter_channels, config.post_filter_depth)  # a new run: what its config says
+    if state:
+        post = (saved_config.get("post_filter_channels", 0), saved_config.get("post_filter_depth", 3))
     post = POST_FILTER if opts.post_filter and not post[0] else post
     config = dataclasses.replace(config, post_filter_channels=post[0], post_filter_depth=post[1])
     if isinstance(config, HyperpriorConfig):
