@@ -562,15 +562,20 @@ def train(opts: TrainOptions, log=print, progress=None) -> Path:
         [model.down, model.up] if opts.freeze_level_maps else []
     )
     frozen = [p for part in frozen_parts for p in part.parameters()]
-    if opts.decoder_only and opts.arch == "vq":  # what sets the keys and what is matched to them: g_a, down maps, keys
+    trained_alone = None  # runs that name what trains; everything else (all that decides a file's bytes) is frozen
+    if opts.post_filter:
+        trained_alone = list(model.post.parameters())
+    elif opts.decoder_only and opts.arch == "hyperprior-gmm":
+        trained_alone = [
+            *model.g_s.parameters(),
+            model.log_inverse_gain,
+            *(model.post.parameters() if model.post else []),
+        ]
+    elif opts.decoder_only:  # vq: what sets the keys and what is matched to them: g_a, down maps, keys
         frozen = [*model.g_a.parameters(), *model.down.parameters(), *(q.key_map for q in model.quantisers)]
-    elif opts.decoder_only:  # everything that decides a file's bytes: g_a, gains, h_a, h_s, the z prior
-        decoder = [*model.g_s.parameters(), model.log_inverse_gain, *(model.post.parameters() if model.post else [])]
-        trained = {id(p) for p in decoder}
-        frozen = [p for p in model.parameters() if id(p) not in trained]
-    if opts.post_filter:  # everything but the filter: the files and their decoded images before it stay the same
-        trained = {id(p) for p in model.post.parameters()}
-        frozen = [p for p in model.parameters() if id(p) not in trained]
+    if trained_alone is not None:
+        keep = {id(p) for p in trained_alone}
+        frozen = [p for p in model.parameters() if id(p) not in keep]
     for p in frozen:
         p.requires_grad_(False)
     params = [p for p in params if p.requires_grad]
