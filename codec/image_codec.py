@@ -96,9 +96,9 @@ class HyperpriorCodec(TiledImageCodec):
         self.z_radius = (freqs.shape[1] - 1) // 2
         self.z_tables = [CategoricalTable(f) for f in freqs]
         # Everything that feeds a probability table runs here: CPU, float64, the last layer on integers.
-        self._hyper_synthesis = copy.deepcopy(self.model).double()
+        self._hyper_synthesis = copy.deepcopy(self.model.h_s).double()
         try:
-            self._hyper_synthesis.h_s[-1] = ExactConv2d(state["hyper_head"])
+            self._hyper_synthesis[-1] = ExactConv2d(state["hyper_head"])
         except (KeyError, ExactConvError) as exc:
             raise WeightsError(f"{CODEC_ID} weights lack a valid integer hyper-synthesis head: {exc}") from None
         self._models: dict[str, HyperpriorGMM] = {"cpu": self.model}
@@ -120,7 +120,7 @@ class HyperpriorCodec(TiledImageCodec):
     def _mixture(self, z_int: torch.Tensor) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Mixture parameters for a batch of hyper-latents, each (B, M*h*w, K), float64."""
         with torch.no_grad():
-            w, m, s = self._hyper_synthesis.mixture_parameters(z_int.to(torch.float64))
+            w, m, s = self.model.mixture_parameters(z_int.to(torch.float64), self._hyper_synthesis)
 
         def flat(t):
             return t.permute(0, 2, 3, 4, 1).reshape(t.shape[0], -1, t.shape[1]).numpy()

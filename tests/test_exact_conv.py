@@ -106,8 +106,8 @@ def test_the_shipped_codec_uses_the_integer_head():
     from codec.registry import get_codec
 
     gmm = get_codec("hyperprior-gmm")
-    assert isinstance(gmm._hyper_synthesis.h_s[-1], ExactConv2d)
-    assert gmm._hyper_synthesis.h_s[-1].matrix.shape[0] == 3 * gmm.config.mixtures * gmm.config.latent_channels
+    assert isinstance(gmm._hyper_synthesis[-1], ExactConv2d)
+    assert gmm._hyper_synthesis[-1].matrix.shape[0] == 3 * gmm.config.mixtures * gmm.config.latent_channels
 
 
 def test_weights_without_the_head_are_refused():
@@ -126,4 +126,4 @@ def test_weights_without_the_head_are_refused():
         HyperpriorCodec(state, b"\0" * 8)
     state["hyper_head"] = hyper_head(model, torch.rand(3, 3, 64, 64))
     codec = HyperpriorCodec(state, b"\0" * 8)
-    assert isinstance(codec._hyper_synthesis.h_s[-1], ExactConv2d)
+    assert isinstance(codec._hyper_synthesis[-1], ExactConv2d)

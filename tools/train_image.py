@@ -101,16 +101,20 @@ def learning_rate(step: int, peak: float, warmup: int, total: int) -> float:
     return peak * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * t)))
 
 
-def post_filter_objective(x_hat: torch.Tensor, x_plain: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+def post_filter_objective(
+    x_hat: torch.Tensor, x_plain: torch.Tensor, x: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean over the batch of ln(MSE after the post-filter / MSE before): a dB gain that weighs every rate alike.
 
     The MSE before the filter is a constant here (detached): its gradient
     is that of ln(MSE after), so a run that also trains the synthesis
     improves the final image rather than spoiling the unfiltered one.
+    Returns (objective, per-sample MSE after the filter, detached: what the
+    run logs).
     """
-    after = (x_hat - x).pow(2).flatten(1).mean(1).clamp_min(1e-10)
+    after = (x_hat - x).pow(2).flatten(1).mean(1)
     before = (x_plain - x).pow(2).flatten(1).mean(1).clamp_min(1e-10).detach()
-    return torch.log(after / before).mean()
+    return torch.log(after.clamp_min(1e-10) / before).mean(), after.detach()
 
 
 class HyperpriorArch:
@@ -150,8 +154,8 @@ class HyperpriorArch:
         out = model(x, quality)
         pixels = x.shape[2] * x.shape[3]
         bpp = sum(-torch.log2(lk).flatten(1).sum(1) for lk in out["likelihoods"].values()) / pixels
-        mse = (out["x_hat"] - x).pow(2).flatten(1).mean(1)
-        return post_filter_objective(out["x_hat"], out["x_plain"], x), bpp.detach(), mse.detach()
+        objective, mse = post_filter_objective(out["x_hat"], out["x_plain"], x)
+        return objective, bpp.detach(), mse
 
     def maintain(self, model: HyperpriorGMM, x: torch.Tensor, step: int, generator: torch.Generator) -> str:
         return ""
@@ -224,7 +228,8 @@ class VQArch:
     def decoder_loss(self, model: VQImageModel, x: torch.Tensor, rng: np.random.Generator, rate_weight=None):
         """A --post-filter run's loss: `post_filter_objective` at a random ladder point."""
         out, bpp = self._ladder_forward(model, x, rng)
-        return post_filter_objective(out.x_hat, out.x_plain, x), bpp, (out.x_hat - x).pow(2).flatten(1).mean(1).detach()
+        objective, mse = post_filter_objective(out.x_hat, out.x_plain, x)
+        return objective, bpp, mse
 
     def maintain(self, model: VQImageModel, x: torch.Tensor, step: int, generator: torch.Generator) -> str:
         if not bool(model.quantisers[0].initialised):

@@ -284,10 +284,17 @@ class HyperpriorGMM(nn.Module):
         z = self.h_a(y)
         return y, z
 
-    def mixture_parameters(self, z_hat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Mixture (weights, means, scales), each (B, K, M, H, W), from the hyper-latent."""
+    def mixture_parameters(
+        self, z_hat: torch.Tensor, h_s: nn.Module | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Mixture (weights, means, scales), each (B, K, M, H, W), from the hyper-latent.
+
+        `h_s` may be a coding-time copy of `self.h_s` (the coder's float64 one
+        with its integer last layer): the coder keeps only that network in
+        float64, not the whole model.
+        """
         k, m = self.config.mixtures, self.config.latent_channels
-        out = self.h_s(z_hat)
+        out = (h_s or self.h_s)(z_hat)
         b, _, hh, ww = out.shape
         out = out.view(b, 3, k, m, hh, ww)
         weights = torch.softmax(out[:, 0], dim=1)
