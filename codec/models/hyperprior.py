@@ -294,7 +294,7 @@ class HyperpriorGMM(nn.Module):
         float64, not the whole model.
         """
         k, m = self.config.mixtures, self.config.latent_channels
-        out = (h_s or self.h_s)(z_hat)
+        out = (h_s if h_s is not None else self.h_s)(z_hat)
         b, _, hh, ww = out.shape
         out = out.view(b, 3, k, m, hh, ww)
         weights = torch.softmax(out[:, 0], dim=1)
