@@ -13,7 +13,7 @@ compression").  Fractional qualities interpolate the gains geometrically.
 
 This module is pure PyTorch: `forward()` is the training path (noisy latents,
 likelihoods).  Real coding lives in ``codec.image_codec``, which uses
-`analyse()`, `hyper_parameters()` and `synthesise()` so that everything that
+`analyse()`, `mixture_parameters()` and `synthesise()` so that everything that
 feeds a probability table is computed on the CPU in float64.
 """
 
