@@ -233,10 +233,7 @@ class VQCodec(TiledImageCodec):
 
             with torch.no_grad():
                 y_hat, _ = model.coarse_to_fine(None, lookup, len(sizes))
-                x = synthesis(y_hat)
-                if model.post is not None:  # a decoder-only refinement (session 10): no index changes
-                    point = torch.full((x.shape[0],), float(ladder_point(*self.ladder[q - 1])), device=device)
-                    x = model.post(x, point)
+                x, _ = model.synthesise(y_hat, ladder_point(*self.ladder[q - 1]), synthesis)
             for i, b in enumerate(members):
                 out[b] = x[i]
         return torch.stack(out)

@@ -82,9 +82,14 @@ class VQImageModel(nn.Module):
             else None
         )
 
-    def synthesise(self, y_hat: torch.Tensor, point: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """(image, image before the post-filter) from the latent, for ladder point `point`."""
-        x_plain = self.g_s(y_hat)
+    def synthesise(
+        self, y_hat: torch.Tensor, point: int, g_s: nn.Module | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(image, image before the post-filter) from the latent, for ladder point `point`.
+
+        `g_s` may be `frozen(model.g_s)`, the coder's copy (as for the hyperprior).
+        """
+        x_plain = (g_s if g_s is not None else self.g_s)(y_hat)
         if self.post is None:
             return x_plain, x_plain
         quality = torch.full((x_plain.shape[0],), float(point), device=x_plain.device)
