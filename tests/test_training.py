@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from codec.models.hyperprior import HyperpriorConfig
+from codec.models.hyperprior import HyperpriorConfig, HyperpriorGMM
 from tools.train_image import HOLDOUT_DIR, TRAIN_DIRS, TrainingError, TrainOptions, train
 
 
@@ -223,6 +223,42 @@ def test_a_hyperprior_decoder_only_run_changes_no_file(tmp_path):
         assert name.startswith(("g_s.", "log_inverse_gain", "post.")) or torch.equal(after[name], tensor), name
     for name in ("g_s.0.weight", "g_s.6.bias", "log_inverse_gain", "post.convs.0.weight", "post.convs.2.weight"):
         assert not torch.equal(after[name], before[name]), name
+
+
+def test_an_entropy_only_run_trains_the_hyper_synthesis_alone(tmp_path):
+    import dataclasses
+
+    small, opts, trained = _two_level_run(tmp_path)
+    before = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=False)["model"]
+    messages = []
+    train(dataclasses.replace(opts, steps=opts.steps + 4, entropy_only=True, lr=1e-2), log=messages.append)
+    after = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=False)["model"]
+    for name, tensor in before.items():  # analysis, gains, synthesis, filter, z prior: no pixel can change
+        assert name.startswith("h_s.") or torch.equal(after[name], tensor), name
+    for name in ("h_s.4.weight", "h_s.4.bias"):  # (an untrained model's rounded z may be all 0: no gradient before)
+        assert not torch.equal(after[name], before[name]), name
+    with pytest.raises(TrainingError, match="hyper-synthesis alone"):
+        train(dataclasses.replace(opts, entropy_only=True, decoder_only=True), log=lambda m: None)
+    with pytest.raises(TrainingError, match="hyperprior-gmm model only"):
+        train(dataclasses.replace(opts, entropy_only=True, arch="vq"), log=lambda m: None)
+
+
+def test_the_entropy_only_loss_is_the_coded_rounded_latents_bits():
+    """Its bpp is -log2 of the mixture probabilities of round(y) given h_s(round(z)): what the coder writes."""
+    from codec.models.hyperprior import mixture_likelihood
+    from tools.train_image import HyperpriorArch
+
+    torch.manual_seed(0)
+    model = HyperpriorGMM(HyperpriorConfig(channels=8, latent_channels=8, hyper_channels=8, lambdas=(0.01, 0.1)))
+    x = torch.rand(2, 3, 64, 64)
+    loss, bpp, mse = HyperpriorArch().entropy_loss(model, x, np.random.default_rng(0))
+    quality = torch.from_numpy(np.random.default_rng(0).integers(0, 2, 2))
+    with torch.no_grad():
+        y, z = model.analyse(x, quality)
+        w, m, s = model.mixture_parameters(torch.round(z))
+        bits = -torch.log2(mixture_likelihood(torch.round(y), w, m, s)).flatten(1).sum(1)
+    assert torch.allclose(bpp, bits / 64**2) and torch.isclose(loss, torch.log(bits).mean())
+    assert torch.isnan(mse).all()  # the pixels are not decoded
 
 
 def test_a_vq_post_filter_run_keeps_every_index_and_value(tmp_path):

@@ -3,9 +3,10 @@
     python -m tools.export_weights runs/gmm/checkpoint.pt [--name hyperprior-gmm]
 
 Writes weights/<name>.pt (config, float32 state dict, the integer tables
-of the hyper-latent prior, computed here once in float64 so that coders
-never rebuild them, and the integer hyper-synthesis head, calibrated on
-training crops) and updates weights/manifest.json with its sha256,
+of the hyper-latent, one set per rate level, counted here once on training
+crops and smoothed towards the factorized prior, so that coders never
+rebuild them, and the integer hyper-synthesis head, calibrated on training
+crops) and updates weights/manifest.json with its sha256,
 parameter count, data and steps.
 
     python -m tools.export_weights --figures docs/results/kodak [--name hyperprior-gmm]
@@ -28,7 +29,7 @@ import numpy as np
 import torch
 
 from codec.fileio import atomic_write
-from codec.image_codec import hyper_head, z_frequencies
+from codec.image_codec import hyper_head, z_level_frequencies
 from codec.models.hyperprior import HyperpriorConfig, HyperpriorGMM
 from codec.models.vq_image import RATE_LADDER, VQImageConfig, VQImageModel
 from codec.vq_codec import codebook_key
@@ -38,6 +39,7 @@ from tools.options import data_root_option
 WEIGHTS_DIR = Path(__file__).resolve().parents[1] / "weights"
 Z_RADIUS = 48
 CALIBRATION_CROPS = 64  # training crops that set the integer hyper head's activation ranges (x every level)
+Z_COUNT_CROPS = 2000  # training crops whose hyper-latents, counted at every level, make the hyper-latent tables
 TRAINING_DATA = "BSDS500 train+val (300), SUN-Hays80 (80, also at half size); never Kodak"
 
 
@@ -95,10 +97,11 @@ def export(checkpoint: Path, data_root: Path, name: str = "hyperprior-gmm") -> P
     config["lambdas"] = tuple(config["lambdas"])
     model = HyperpriorGMM(HyperpriorConfig(**config)).eval()
     model.load_state_dict(state["model"])
+    z_tables = z_level_frequencies(model, training_crops(data_root, Z_COUNT_CROPS, seed=1), Z_RADIUS)
     shipped = {
         "config": state["config"],
         "model": {k: v.float().contiguous() for k, v in model.state_dict().items()},
-        "z_frequencies": torch.from_numpy(z_frequencies(model.entropy_bottleneck, Z_RADIUS)),
+        "z_frequencies": torch.from_numpy(z_tables),
         "hyper_head": hyper_head(model, training_crops(data_root, CALIBRATION_CROPS)),
     }
     architecture = config | {"lambdas": list(config["lambdas"])}

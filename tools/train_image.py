@@ -33,7 +33,7 @@ from PIL import Image
 
 from bitstream.errors import VqzError
 from codec.fileio import atomic_write
-from codec.models.hyperprior import HyperpriorConfig, HyperpriorGMM
+from codec.models.hyperprior import HyperpriorConfig, HyperpriorGMM, mixture_likelihood
 from codec.models.vq_image import RATE_LADDER, VQImageConfig, VQImageModel
 
 TRAIN_DIRS = ("bsds500/train", "bsds500/val", "sun_hays80")
@@ -156,6 +156,29 @@ class HyperpriorArch:
         bpp = sum(-torch.log2(lk).flatten(1).sum(1) for lk in out["likelihoods"].values()) / pixels
         objective, mse = post_filter_objective(out["x_hat"], out["x_plain"], x)
         return objective, bpp.detach(), mse
+
+    def entropy_loss(
+        self, model: HyperpriorGMM, x: torch.Tensor, rng: np.random.Generator, rate_weight: torch.Tensor | None = None
+    ):
+        """The loss of an --entropy-only run: the bits of the rounded latent the coder really codes.
+
+        The analysis, gains and hyper-analysis are frozen, so y and z are
+        fixed and rounded exactly as the coder rounds them; only the
+        hyper-synthesis (the mixture parameters) learns. The main run trains
+        it on noisy latents and a noisy hyper-latent (the usual relaxation),
+        which the coder never sees. The objective is the mean over the batch
+        of ln(bits of y): every sample counts in percent, so the low
+        qualities (a fiftieth of the top's bits) are not drowned. No pixel
+        changes; the logged MSE is not computed (NaN).
+        """
+        quality = torch.from_numpy(rng.integers(0, model.config.levels, x.shape[0])).to(x.device)
+        with torch.no_grad():
+            y, z = model.analyse(x, quality)
+            y_int, z_int = torch.round(y), torch.round(z)
+        weights, means, scales = model.mixture_parameters(z_int)
+        bits = -torch.log2(mixture_likelihood(y_int, weights, means, scales)).flatten(1).sum(1)
+        bpp = bits.detach() / (x.shape[2] * x.shape[3])
+        return torch.log(bits).mean(), bpp, torch.full_like(bpp, float("nan"))
 
     def maintain(self, model: HyperpriorGMM, x: torch.Tensor, step: int, generator: torch.Generator) -> str:
         return ""
@@ -481,6 +504,7 @@ class TrainOptions:
     freeze_level_maps: bool = False  # vq: keep the level-down/up maps too (their scale drifts against the codebooks)
     decoder_only: bool = False  # train only what rebuilds the image (vq: values, up maps, g_s, no restarts;
     # hyperprior: g_s, inverse gains and post-filter), so no file changes
+    entropy_only: bool = False  # hyperprior: train only h_s, on the rounded latents the coder codes (no pixel changes)
     post_filter: bool = False  # train only the post-filter (adding one of POST_FILTER's shape if the model has none)
     latent_channels: int = 0  # hyperprior M (0: the config's); more than the checkpoint's widens it
     compile: bool = False  # torch.compile the training forward pass (about a minute to compile, then faster)
@@ -519,6 +543,10 @@ def check_options(opts: TrainOptions) -> None:
         raise TrainingError("--freeze-level-maps applies to the vq model only")
     if opts.latent_channels and opts.arch != "hyperprior-gmm":
         raise TrainingError("--latent-channels applies to the hyperprior-gmm model only")
+    if opts.entropy_only and opts.arch != "hyperprior-gmm":
+        raise TrainingError("--entropy-only applies to the hyperprior-gmm model only")
+    if opts.entropy_only and (opts.post_filter or opts.decoder_only or opts.freeze_transforms or opts.latent_channels):
+        raise TrainingError("--entropy-only trains the hyper-synthesis alone: drop the other training-mode flags")
     if opts.decoder_only and (opts.freeze_transforms or opts.freeze_level_maps):
         raise TrainingError("--decoder-only chooses the trained parts itself: drop the --freeze-... flags")
 
@@ -570,6 +598,8 @@ def train(opts: TrainOptions, log=print, progress=None) -> Path:
     trained_alone = None  # runs that name what trains; everything else (all that decides a file's bytes) is frozen
     if opts.post_filter:
         trained_alone = list(model.post.parameters())
+    elif opts.entropy_only:
+        trained_alone = list(model.h_s.parameters())
     elif opts.decoder_only and opts.arch == "hyperprior-gmm":
         trained_alone = [
             *model.g_s.parameters(),
@@ -642,6 +672,8 @@ def train(opts: TrainOptions, log=print, progress=None) -> Path:
 
     if opts.post_filter and state is None:
         raise TrainingError("--post-filter trains a filter for a trained model: resume a run or a committed one")
+    if opts.entropy_only and state is None:
+        raise TrainingError("--entropy-only fine-tunes a trained model: resume a run or start from a committed one")
     if opts.decoder_only and state is None:
         raise TrainingError("--decoder-only fine-tunes a trained model: resume a run or start from a committed one")
     if opts.decoder_only and opts.arch == "vq" and not bool(model.quantisers[0].initialised):
@@ -695,7 +727,7 @@ def train(opts: TrainOptions, log=print, progress=None) -> Path:
     forward_model = torch.compile(model) if opts.compile else model
     # A hyperprior's decoder trains for every quality alike in dB; vq's decoder-only run keeps its own loss.
     decoder_run = opts.post_filter or (opts.decoder_only and opts.arch == "hyperprior-gmm")
-    loss_of = arch.decoder_loss if decoder_run else arch.loss
+    loss_of = arch.entropy_loss if opts.entropy_only else arch.decoder_loss if decoder_run else arch.loss
     start = last_save = time.time()
     running = None
     model.train()
@@ -703,8 +735,9 @@ def train(opts: TrainOptions, log=print, progress=None) -> Path:
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(step - schedule_start, opts.lr, opts.warmup, opts.steps - schedule_start)
         x = random_batch(images, opts.batch, opts.crop, rng).to(device).contiguous(memory_format=torch.channels_last)
-        # Restarts move keys; a decoder-only (or post-filter) run keeps every index's key.
-        note = "" if opts.decoder_only or opts.post_filter else arch.maintain(model, x, step, generator)
+        # Restarts move keys; a decoder-only (or post-filter, or entropy-only) run keeps every index's key.
+        partial = opts.decoder_only or opts.post_filter or opts.entropy_only
+        note = "" if partial else arch.maintain(model, x, step, generator)
         if note:
             log(f"step {step}: {note}")
         if rate_ramp and step >= rate_ramp.start + rate_ramp.steps:
@@ -726,13 +759,14 @@ def train(opts: TrainOptions, log=print, progress=None) -> Path:
         stats = np.array([float(loss.detach()), float(bpp.mean()), float((10 * torch.log10(1 / mse)).mean())])
         running = stats if running is None else 0.98 * running + 0.02 * stats
         elapsed = (time.time() - start) / 60
+        # An --entropy-only run decodes no pixels: no PSNR to show.
+        summary = f"loss {running[0]:.3f} bpp {running[1]:.3f}" + (
+            f" psnr {running[2]:.2f}" if np.isfinite(running[2]) else ""
+        )
         if progress:
-            progress(step, f"loss {running[0]:.3f} bpp {running[1]:.3f} psnr {running[2]:.2f}")
+            progress(step, summary)
         if step % (500 if progress else 50) == 0:  # a bar does not show when stderr is not a terminal
-            log(
-                f"step {step} loss {running[0]:.3f} bpp {running[1]:.3f} psnr {running[2]:.2f} "
-                f"lr {optimizer.param_groups[0]['lr']:.2e} {minutes_before + elapsed:.1f} min"
-            )
+            log(f"step {step} {summary} lr {optimizer.param_groups[0]['lr']:.2e} {minutes_before + elapsed:.1f} min")
         if step % opts.eval_every == 0 or step == opts.steps:
             model.eval()
             rows = arch.evaluate(model, holdout.to(device))
