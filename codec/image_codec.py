@@ -85,10 +85,9 @@ def z_level_frequencies(model: HyperpriorGMM, crops: torch.Tensor, radius: int) 
             for level in range(levels):
                 gain, _ = model.gains(torch.full((x.shape[0],), float(level)))
                 z = torch.round(model.h_a(features * gain)).to(torch.int64) + radius
-                z = z.transpose(0, 1).reshape(channels, -1).numpy()
-                for c in range(channels):  # values beyond the radius are escape-coded: not counted
-                    inside = z[c][(z[c] >= 0) & (z[c] < width)]
-                    counts[level, c] += np.bincount(inside, minlength=width)
+                bins = (z + width * torch.arange(channels).view(1, -1, 1, 1)).numpy()  # one bin range per channel
+                inside = bins[(z >= 0).numpy() & (z < width).numpy()]  # beyond the radius: escape-coded, not counted
+                counts[level] += np.bincount(inside, minlength=channels * width).reshape(channels, width)
     p = counts + Z_PRIOR_WEIGHT * prior
     p /= p.sum(axis=2, keepdims=True)
     return np.maximum(np.floor(p * (1 << 16)), 1).astype(np.int64)

@@ -169,7 +169,8 @@ class HyperpriorArch:
         which the coder never sees. The objective is the mean over the batch
         of ln(bits of y): every sample counts in percent, so the low
         qualities (a fiftieth of the top's bits) are not drowned. No pixel
-        changes; the logged MSE is not computed (NaN).
+        changes; the logged MSE is not computed (NaN), and the logged bpp is
+        y's alone (z is coded with tables counted at export, not by h_s).
         """
         quality = torch.from_numpy(rng.integers(0, model.config.levels, x.shape[0])).to(x.device)
         with torch.no_grad():
