@@ -109,7 +109,11 @@ def test_bad_requests(gmm, sample_pixels):
 
 @pytest.mark.parametrize("size", [(256, 256), (200, 131)])
 def test_decoding_does_not_depend_on_the_thread_count(gmm, sample_pixels, size):
-    """Encode with 1 torch thread, decode with 1 and with 2: the same pixels.
+    """Encode with 1 torch thread, decode with 1, 2 and 3: the same pixels.
+
+    (Three threads, not only powers of two: oneDNN's transposed convolutions
+    split their sums differently at 3, 5, 6 and 7 threads, which is why the
+    coding-time synthesis has none; see `frozen`.)
 
     (Encoding with 2 threads may choose other latents, which is allowed: the
     file it makes decodes just as reproducibly.)
@@ -120,11 +124,14 @@ def test_decoding_does_not_depend_on_the_thread_count(gmm, sample_pixels, size):
         torch.set_num_threads(1)
         data = serialize(gmm.encode([picture], quality=4)[0])
         one = gmm.decode([parse(data)])[0].pixels
-        torch.set_num_threads(2)
-        two = gmm.decode([parse(data)])[0].pixels
+        others = []
+        for threads in (2, 3):
+            torch.set_num_threads(threads)
+            others.append(gmm.decode([parse(data)])[0].pixels)
     finally:
         torch.set_num_threads(before)
-    assert np.array_equal(one, two)
+    for other in others:
+        assert np.array_equal(one, other)
 
 
 def test_coding_transforms_match_the_trained_ones(gmm):
@@ -138,7 +145,9 @@ def test_coding_transforms_match_the_trained_ones(gmm):
         b = gmm.model.synthesise(y, q, frozen(gmm.model.g_s))
         ya, za = gmm.model.analyse(x, q)
         yb, zb = gmm.model.analyse(x, q, frozen(gmm.model.g_a))
-    assert torch.allclose(a, b, atol=1e-4)
+    # Random latents drive the synthesis far out of the image range (|x| up to ~250): float32 rounding
+    # of the rearranged sums reaches a few 1e-4 there; a wrong tap or layout would be off by whole units.
+    assert torch.allclose(a, b, atol=1e-3)
     assert torch.allclose(ya, yb, atol=1e-4) and torch.allclose(za, zb, atol=1e-3)
 
 

@@ -145,28 +145,32 @@ def mixture_likelihood(
 
 
 class MatmulGDN(nn.Module):
-    """An inference-only (I)GDN whose normalisation is a matrix product.
+    """An inference-only (I)GDN whose normalisation is a matrix product over pixels in channels-last order.
 
     compressai's GDN computes its normalisation as a 1x1 convolution, and
     oneDNN's convolutions change their summation order with the thread
     count; a matrix product (GEMM split over outputs) does not, so decoded
-    pixels do not depend on how many threads decoded them.
+    pixels do not depend on how many threads decoded them. The pixels are
+    the GEMM's rows (channels-last memory, as `frozen` transforms keep
+    it): on a Kodak image this runs in about 20 ms where the same product
+    over channel-major memory took 35-47 ms (session 13).
     """
 
     def __init__(self, gdn: GDN):
         super().__init__()
         c = gdn.beta.numel()
         with torch.no_grad():
-            self.register_buffer("gamma", gdn.gamma_reparam(gdn.gamma).reshape(c, c).clone())
-            self.register_buffer("beta", gdn.beta_reparam(gdn.beta).reshape(c, 1).clone())
+            gamma = gdn.gamma_reparam(gdn.gamma).reshape(c, c)
+            self.register_buffer("gamma_t", gamma.t().contiguous())
+            self.register_buffer("beta", gdn.beta_reparam(gdn.beta).reshape(1, c).clone())
         self.inverse = gdn.inverse
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, c, h, w = x.shape
-        flat = x.reshape(b, c, h * w)
-        norm = torch.baddbmm(self.beta.expand(b, c, h * w), self.gamma.expand(b, c, c), flat * flat)
+        rows = x.permute(0, 2, 3, 1).reshape(b * h * w, c)  # a view when x is channels-last
+        norm = torch.addmm(self.beta, rows * rows, self.gamma_t)
         norm = norm.sqrt_() if self.inverse else norm.rsqrt_()
-        return (flat * norm).reshape(b, c, h, w)
+        return norm.mul_(rows).reshape(b, h, w, c).permute(0, 3, 1, 2)  # channels-last again
 
 
 class SubPixelDeconv(nn.Module):
@@ -174,38 +178,52 @@ class SubPixelDeconv(nn.Module):
 
     Output pixel (2i+a, 2j+b) of ``_deconv`` sums input pixels i-1..i+1 with
     kernel taps 2(i-i')+a+2: each of the four phases (a, b) is an ordinary
-    3x3 convolution (taps outside 0..4 are zero). For the last synthesis
-    layer (64 -> 3 channels) oneDNN runs this 1.8x faster than its
-    transposed convolution (15 vs 28 ms on a Kodak image, session 5); for the
-    64-channel layers it was slower, so `frozen` only converts narrow layers.
+    3x3 convolution (taps outside 0..4 are zero). `frozen` converts every
+    such layer: oneDNN's transposed convolutions change their summation
+    order with the thread count (a 64 -> 64 layer gave other results at 3,
+    5, 6 and 7 threads than at 1, 2, 4 and 8; session 13), its forward
+    convolutions do not. In channels-last memory it is also faster than
+    the transposed convolution in channel-major memory (48 vs 89 ms for the
+    widest synthesis layer on a Kodak image; 20 vs 37 ms for the RGB one).
     """
 
     def __init__(self, deconv: nn.ConvTranspose2d):
         super().__init__()
         w = deconv.weight.detach()  # (in, out, 5, 5)
         cin, cout = w.shape[:2]
-        kernel = torch.zeros(cout, 4, cin, 3, 3, dtype=w.dtype)
+        kernel = torch.zeros(2, 2, cout, cin, 3, 3, dtype=w.dtype)
         for a in range(2):
             for b in range(2):
                 for di in range(3):
                     for dj in range(3):
                         ky, kx = a + 4 - 2 * di, b + 4 - 2 * dj
                         if ky < 5 and kx < 5:
-                            kernel[:, 2 * a + b, :, di, dj] = w[:, :, ky, kx].t()
+                            kernel[a, b, :, :, di, dj] = w[:, :, ky, kx].t()
         self.conv = nn.Conv2d(cin, 4 * cout, 3, padding=1)
         with torch.no_grad():
-            self.conv.weight.copy_(kernel.reshape(4 * cout, cin, 3, 3))  # channel 4c + 2a + b: pixel_shuffle's order
-            self.conv.bias.copy_(deconv.bias.detach().repeat_interleave(4))
+            self.conv.weight.copy_(kernel.reshape(4 * cout, cin, 3, 3))  # channel (2a + b) * cout + c
+            self.conv.bias.copy_(deconv.bias.detach().repeat(4))
 
     @staticmethod
     def applies(m: nn.Module) -> bool:
         return (
             isinstance(m, nn.ConvTranspose2d) and m.kernel_size == (5, 5) and m.stride == (2, 2)
-            and m.padding == (2, 2) and m.output_padding == (1, 1) and m.out_channels < 16
+            and m.padding == (2, 2) and m.output_padding == (1, 1)
         )  # fmt: skip
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.pixel_shuffle(self.conv(x), 2)
+        """Phase-major channels shuffled as rows of channels-last memory.
+
+        F.pixel_shuffle expects channel 4c + 2a + b and, on channels-last
+        tensors, took 12 ms for the widest layer of a Kodak image; with the
+        phases outermost the shuffle moves whole pixels (2.3 ms).
+        """
+        phases = self.conv(x)
+        n, c4, h, w = phases.shape
+        c = c4 // 4
+        rows = phases.permute(0, 2, 3, 1).reshape(n, h, w, 2, 2, c)  # a view when channels-last
+        out = rows.permute(0, 1, 3, 2, 4, 5).reshape(n, 2 * h, 2 * w, c)  # (n, i, a, j, b, c): one copy
+        return out.permute(0, 3, 1, 2)
 
 
 def _frozen_layer(m: nn.Module) -> nn.Module:
@@ -216,13 +234,24 @@ def _frozen_layer(m: nn.Module) -> nn.Module:
     return copy.deepcopy(m)
 
 
+class ChannelsLast(nn.Module):
+    """Puts a tensor in channels-last memory (the layout `frozen` transforms compute in)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.contiguous(memory_format=torch.channels_last)
+
+
 def frozen(transform: nn.Sequential) -> nn.Sequential:
-    """An inference copy of a transform: (I)GDN as matrix products, the RGB output deconvolution sub-pixel.
+    """An inference copy of a transform: (I)GDN as matrix products, every deconvolution sub-pixel, channels-last.
 
     Decoded with it, pixels do not depend on the thread count; it is also
-    faster than compressai's 1x1-convolution GDN.
+    faster: on a Kodak image with this machine's two cores, the synthesis
+    takes 126 ms and the analysis 96 ms, where session 12's channel-major
+    copies took 165 and 113 ms (medians of 15, session 13). Its output is
+    channels-last: callers that need channel-major memory say so.
     """
-    return nn.Sequential(*(_frozen_layer(m) for m in transform)).eval().requires_grad_(False)
+    layers = [ChannelsLast(), *(_frozen_layer(m) for m in transform)]
+    return nn.Sequential(*layers).to(memory_format=torch.channels_last).eval().requires_grad_(False)
 
 
 class HyperpriorGMM(nn.Module):
