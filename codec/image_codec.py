@@ -189,9 +189,17 @@ class HyperpriorCodec(TiledImageCodec):
         return self._transforms[key]
 
     def _mixture(self, z_int: torch.Tensor) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Mixture parameters for a batch of hyper-latents, each (B, M*h*w, K), float64."""
+        """Mixture parameters for a batch of hyper-latents, each (B, M*h*w, K), float64.
+
+        The hyper-latents are made channel-major first: the encoder's come
+        from the channels-last analysis, the decoder's from a NumPy array,
+        and h_s's float64 deconvolutions round their last bits differently
+        in the two layouts, which must never reach the integer head's
+        rounding on one side only.
+        """
+        z = z_int.to(torch.float64).contiguous()
         with torch.no_grad():
-            w, m, s = self.model.mixture_parameters(z_int.to(torch.float64), self._hyper_synthesis)
+            w, m, s = self.model.mixture_parameters(z, self._hyper_synthesis)
 
         def flat(t):
             return t.permute(0, 2, 3, 4, 1).reshape(t.shape[0], -1, t.shape[1]).numpy()

@@ -20,8 +20,9 @@ groups cluster indices whose following indices are alike; they and the
 tables' integer frequencies were fitted on training photos at export time
 and are stored in the weights, so the decoder needs no floating point to
 rebuild them and every machine reads the same indices. Pixels come from
-the synthesis transform (GDN as matrix products, as in hyperprior-gmm, so
-they do not depend on the thread count) and the model's post-filter, if it
+the synthesis transform (hyperprior-gmm's coding-time copy, `frozen`: GDN
+as matrix products and sub-pixel convolutions instead of transposed ones,
+so they do not depend on the thread count) and the model's post-filter, if it
 has one (told the ladder point).
 
 A DATA chunk is one range-coded stream: for each kept level, coarsest

@@ -134,6 +134,22 @@ def test_decoding_does_not_depend_on_the_thread_count(gmm, sample_pixels, size):
         assert np.array_equal(one, other)
 
 
+def test_encoder_and_decoder_give_the_hyper_synthesis_the_same_memory_layout(gmm, sample_pixels):
+    """h_s's float64 layers round their last bits by memory layout: both sides must feed it channel-major z.
+
+    (The analysis runs channels-last, so the encoder's z is channels-last
+    unless the codec makes it contiguous; the decoder's comes from NumPy.)
+    """
+    seen = []
+    hook = gmm._hyper_synthesis[0].register_forward_pre_hook(lambda m, args: seen.append(args[0].is_contiguous()))
+    try:
+        container = gmm.encode([Picture.from_array(sample_pixels[:128, :192])], quality=3)[0]
+        gmm.decode([container])
+    finally:
+        hook.remove()
+    assert seen == [True, True]
+
+
 def test_coding_transforms_match_the_trained_ones(gmm):
     from codec.models.hyperprior import frozen
 

@@ -113,11 +113,13 @@ def test_decoding_does_not_depend_on_the_thread_count(tiny_codec, sample_pixels)
     try:
         torch.set_num_threads(1)
         one = tiny_codec.decode([container])[0].pixels
-        torch.set_num_threads(2)
-        two = tiny_codec.decode([container])[0].pixels
+        others = []
+        for threads in (2, 3):  # 3: oneDNN's transposed convolutions split differently there (see `frozen`)
+            torch.set_num_threads(threads)
+            others.append(tiny_codec.decode([container])[0].pixels)
     finally:
         torch.set_num_threads(before)
-    assert np.array_equal(one, two)
+    assert all(np.array_equal(one, other) for other in others)
 
 
 def test_an_index_outside_the_codebook_is_a_corrupt_stream(tiny_codec, sample_pixels):
