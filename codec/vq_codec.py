@@ -40,6 +40,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from torch import nn
 
 from codec import weights as shipped
 from codec.models.hyperprior import frozen
@@ -139,6 +140,9 @@ class VQCodec(TiledImageCodec):
                 self._check_contexts(level, size)
         self._analysis = frozen(self.model.g_a)
         self._synthesis = frozen(self.model.g_s)
+        # The level-up maps are transposed convolutions too: oneDNN's would make the decoded latent (so the
+        # pixels) depend on the thread count; the encoder uses the same copies to form its residuals.
+        self._up = nn.ModuleList(frozen(nn.Sequential(up)) for up in self.model.up)
         self._devices: dict[str, tuple] = {}
 
     def _check_contexts(self, level: int, size: int) -> None:
@@ -170,20 +174,20 @@ class VQCodec(TiledImageCodec):
         return float(math.floor(q))
 
     def _on(self, device: torch.device):
-        """(model, analysis, synthesis, codebooks) on `device`, built once."""
+        """(model, analysis, synthesis, level-up maps, codebooks) on `device`, built once."""
         key = str(device)
         if key not in self._devices:
             if device.type == "cpu":  # the loaded copies already are on the CPU
-                self._devices[key] = (self.model, self._analysis, self._synthesis, self.codebooks)
+                self._devices[key] = (self.model, self._analysis, self._synthesis, self._up, self.codebooks)
             else:
                 books = {k: (kk.to(device), v.to(device)) for k, (kk, v) in self.codebooks.items()}
-                parts = (self.model, self._analysis, self._synthesis)
+                parts = (self.model, self._analysis, self._synthesis, self._up)
                 self._devices[key] = (*(copy.deepcopy(p).to(device) for p in parts), books)
         return self._devices[key]
 
     # -- encode ---------------------------------------------------------------
     def _encode_batch(self, x: torch.Tensor, quality: float, device: torch.device) -> list[bytes]:
-        model, analysis, _, books = self._on(device)
+        model, analysis, _, up, books = self._on(device)
         sizes = self.codebook_sizes(*self.ladder[int(quality) - 1])
 
         def nearest(level, target):
@@ -196,7 +200,7 @@ class VQCodec(TiledImageCodec):
             feats = [analysis(x)]
             for down in model.down:
                 feats.append(down(feats[-1]))
-            _, coded = model.coarse_to_fine(feats, nearest, len(sizes))
+            _, coded = model.coarse_to_fine(feats, nearest, len(sizes), up)
         return [self._write_indices({level: idx[b] for level, idx in coded}, sizes) for b in range(x.shape[0])]
 
     def _write_indices(self, indices: dict[int, np.ndarray], sizes: dict[int, int]) -> bytes:
@@ -218,7 +222,7 @@ class VQCodec(TiledImageCodec):
     def _decode_batch(
         self, payloads: Sequence[bytes], qualities: Sequence[float], shape: tuple[int, int], device: torch.device
     ) -> torch.Tensor:
-        model, _, synthesis, books = self._on(device)
+        model, _, synthesis, up, books = self._on(device)
         out: list[torch.Tensor | None] = [None] * len(payloads)
         by_quality: dict[int, list[int]] = {}
         for b, q in enumerate(qualities):  # tiles of one batch may come from files of other qualities
@@ -233,7 +237,7 @@ class VQCodec(TiledImageCodec):
                 return model.quantisers[level].lookup(indices[level], values), None
 
             with torch.no_grad():
-                y_hat, _ = model.coarse_to_fine(None, lookup, len(sizes))
+                y_hat, _ = model.coarse_to_fine(None, lookup, len(sizes), up)
                 x, _ = model.synthesise(y_hat, ladder_point(*self.ladder[q - 1]), synthesis)
             for i, b in enumerate(members):
                 out[b] = x[i]

@@ -150,6 +150,26 @@ def test_encoder_and_decoder_give_the_hyper_synthesis_the_same_memory_layout(gmm
     assert seen == [True, True]
 
 
+@pytest.mark.parametrize("kernel", [3, 5])
+def test_a_sub_pixel_deconvolution_equals_the_transposed_one(kernel):
+    """Every phase, tap and shape, in channel-major and channels-last memory, batch > 1, odd sizes."""
+    from codec.models.hyperprior import SubPixelDeconv, _deconv
+
+    torch.manual_seed(kernel)
+    for cin, cout in ((7, 5), (4, 16)):
+        deconv = _deconv(cin, cout, kernel, 2).eval()
+        assert SubPixelDeconv.applies(deconv)
+        sub = SubPixelDeconv(deconv)
+        for shape in ((2, cin, 5, 7), (1, cin, 1, 1), (3, cin, 4, 3)):
+            x = torch.randn(*shape)
+            with torch.no_grad():
+                want = deconv(x)
+                for layout in (torch.contiguous_format, torch.channels_last):
+                    got = sub(x.contiguous(memory_format=layout))
+                    assert got.shape == want.shape and torch.allclose(got, want, atol=1e-5)
+    assert not SubPixelDeconv.applies(torch.nn.ConvTranspose2d(4, 4, 5, stride=2, padding=2))  # no output padding
+
+
 def test_coding_transforms_match_the_trained_ones(gmm):
     from codec.models.hyperprior import frozen
 

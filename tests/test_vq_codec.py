@@ -122,6 +122,31 @@ def test_decoding_does_not_depend_on_the_thread_count(tiny_codec, sample_pixels)
     assert all(np.array_equal(one, other) for other in others)
 
 
+def test_the_shipped_model_decodes_alike_at_any_thread_count(sample_pixels):
+    """Its level-up maps are transposed convolutions: oneDNN's summed differently at 5 and 7 threads.
+
+    (A Kodak-sized picture is needed: on 256 x 256 the old maps agreed at
+    every thread count. The coder now runs them as sub-pixel convolutions.)
+    """
+    from codec.registry import get_codec
+
+    codec = get_codec("vq-mcq")
+    row = np.concatenate([sample_pixels, sample_pixels[:, ::-1], sample_pixels], axis=1)
+    picture = Picture.from_array(np.concatenate([row, row[::-1]], axis=0))  # 512 x 768
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        container = codec.encode([picture], quality=codec.levels)[0]
+        one = codec.decode([container])[0].pixels
+        others = []
+        for threads in (3, 5, 7):
+            torch.set_num_threads(threads)
+            others.append(codec.decode([container])[0].pixels)
+    finally:
+        torch.set_num_threads(before)
+    assert all(np.array_equal(one, other) for other in others)
+
+
 def test_an_index_outside_the_codebook_is_a_corrupt_stream(tiny_codec, sample_pixels):
     from entropy import Encoder
 

@@ -174,11 +174,12 @@ class MatmulGDN(nn.Module):
 
 
 class SubPixelDeconv(nn.Module):
-    """An inference-only stride-2 5x5 transposed convolution as a 3x3 convolution and a pixel shuffle.
+    """An inference-only stride-2 transposed convolution (``_deconv``, k = 3 or 5) as a 3x3 convolution and a shuffle.
 
-    Output pixel (2i+a, 2j+b) of ``_deconv`` sums input pixels i-1..i+1 with
-    kernel taps 2(i-i')+a+2: each of the four phases (a, b) is an ordinary
-    3x3 convolution (taps outside 0..4 are zero). `frozen` converts every
+    Output pixel (2i+a, 2j+b) of ``_deconv(cin, cout, k)`` (padding k // 2)
+    sums input pixels i' = i-1..i+1 with kernel taps 2(i-i')+a+k//2: each of
+    the four phases (a, b) is an ordinary 3x3 convolution (taps outside
+    0..k-1 are zero). `frozen` converts every
     such layer: oneDNN's transposed convolutions change their summation
     order with the thread count (a 64 -> 64 layer gave other results at 3,
     5, 6 and 7 threads than at 1, 2, 4 and 8; session 13), its forward
@@ -189,15 +190,15 @@ class SubPixelDeconv(nn.Module):
 
     def __init__(self, deconv: nn.ConvTranspose2d):
         super().__init__()
-        w = deconv.weight.detach()  # (in, out, 5, 5)
-        cin, cout = w.shape[:2]
+        w = deconv.weight.detach()  # (in, out, k, k)
+        cin, cout, k = w.shape[0], w.shape[1], w.shape[2]
         kernel = torch.zeros(2, 2, cout, cin, 3, 3, dtype=w.dtype)
         for a in range(2):
             for b in range(2):
                 for di in range(3):
                     for dj in range(3):
-                        ky, kx = a + 4 - 2 * di, b + 4 - 2 * dj
-                        if ky < 5 and kx < 5:
+                        ky, kx = a + k // 2 + 2 - 2 * di, b + k // 2 + 2 - 2 * dj
+                        if 0 <= ky < k and 0 <= kx < k:
                             kernel[a, b, :, :, di, dj] = w[:, :, ky, kx].t()
         self.conv = nn.Conv2d(cin, 4 * cout, 3, padding=1)
         with torch.no_grad():
@@ -206,9 +207,12 @@ class SubPixelDeconv(nn.Module):
 
     @staticmethod
     def applies(m: nn.Module) -> bool:
+        if not isinstance(m, nn.ConvTranspose2d) or m.kernel_size not in ((3, 3), (5, 5)):
+            return False
+        k = m.kernel_size[0]
         return (
-            isinstance(m, nn.ConvTranspose2d) and m.kernel_size == (5, 5) and m.stride == (2, 2)
-            and m.padding == (2, 2) and m.output_padding == (1, 1)
+            m.stride == (2, 2) and m.padding == (k // 2, k // 2) and m.output_padding == (1, 1)
+            and m.dilation == (1, 1) and m.groups == 1 and m.bias is not None
         )  # fmt: skip
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

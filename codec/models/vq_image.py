@@ -102,12 +102,15 @@ class VQImageModel(nn.Module):
             feats.append(down(feats[-1]))
         return feats
 
-    def coarse_to_fine(self, feats: list[torch.Tensor] | None, values_of, keep: int):
+    def coarse_to_fine(self, feats: list[torch.Tensor] | None, values_of, keep: int, up: nn.ModuleList | None = None):
         """Rebuild the finest latent from per-level values; levels beyond `keep` contribute nothing.
 
         `values_of(level, target)` returns (values, extra) for a level given
-        the residual it should explain (None at decode time).
+        the residual it should explain (None at decode time). `up` may be
+        the coder's copies of the level-up maps (`frozen`, which does not
+        depend on the thread count); by default the trained ones.
         """
+        up = self.up if up is None else up
         levels = self.config.levels
         recon, extras = None, []
         for level in reversed(range(levels)):
@@ -122,7 +125,7 @@ class VQImageModel(nn.Module):
             else:
                 current = recon
             if level > 0:
-                recon = self.up[level - 1](current) if current is not None else None
+                recon = up[level - 1](current) if current is not None else None
             else:
                 recon = current
         return recon, extras
