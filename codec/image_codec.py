@@ -50,6 +50,11 @@ def default_quality(lambdas: Sequence[float]) -> float:
     return float(1 + distance.index(min(distance)))
 
 
+def _frequencies(probabilities: np.ndarray) -> np.ndarray:
+    """Integer frequencies (out of about 2^16) of float64 probabilities, every value at least 1."""
+    return np.maximum(np.floor(probabilities * (1 << 16)), 1).astype(np.int64)
+
+
 def z_frequencies(bottleneck: torch.nn.Module, radius: int) -> np.ndarray:
     """Integer tables (C, 2*radius+1) of the factorized hyper-latent prior, built in float64 on the CPU."""
     eb = copy.deepcopy(bottleneck).double().cpu()
@@ -57,7 +62,7 @@ def z_frequencies(bottleneck: torch.nn.Module, radius: int) -> np.ndarray:
     values = torch.arange(-radius, radius + 1, dtype=torch.float64).repeat(channels, 1, 1)
     with torch.no_grad():
         pmf = eb._likelihood(values)[0].squeeze(1).clamp_min(0).numpy()
-    return np.maximum(np.floor(pmf * (1 << 16)), 1).astype(np.int64)
+    return _frequencies(pmf)
 
 
 Z_PRIOR_WEIGHT = 8.0  # pseudo-counts of the factorized prior that smooth each level's counted table
@@ -90,7 +95,7 @@ def z_level_frequencies(model: HyperpriorGMM, crops: torch.Tensor, radius: int) 
                 counts[level] += np.bincount(inside, minlength=channels * width).reshape(channels, width)
     p = counts + Z_PRIOR_WEIGHT * prior
     p /= p.sum(axis=2, keepdims=True)
-    return np.maximum(np.floor(p * (1 << 16)), 1).astype(np.int64)
+    return _frequencies(p)
 
 
 def level_frequencies(frequencies: np.ndarray, quality: float) -> np.ndarray:
