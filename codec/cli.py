@@ -62,13 +62,54 @@ def cli(debug: bool) -> None:
     """
 
 
-def _progress(items: Sequence, label: str):
-    """A progress bar on stderr when there is more than one item and stderr is a terminal.
+class _ProgressBar:
+    """One bar on stderr over all inputs, advanced tile by tile within each.
 
-    (Elsewhere click would print the bare label, a stray line before any error message.)
+    Shown only on a terminal (elsewhere click would print the bare label, a
+    stray line before any error message), and only for work of more than one
+    step: several inputs, or one whose coding reports more than one step (a
+    tiled picture, a --target-bpp search), so that a one-tile photo prints
+    nothing extra while an 8000 x 8000 one, coded for a minute, shows how far
+    it has got.
     """
-    hidden = len(items) < 2 or not sys.stderr.isatty()
-    return click.progressbar(items, label=label, file=sys.stderr, hidden=hidden)
+
+    STEPS = 1000  # bar units per input
+
+    def __init__(self, count: int, label: str):
+        self.count, self.label = count, label
+        self.bar = None
+        self.position = 0
+
+    def __enter__(self) -> "_ProgressBar":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.bar is not None:
+            self.bar.__exit__(*exc)
+
+    def echo(self, line: str) -> None:
+        """Print a result line above the bar rather than after it on the bar's own line."""
+        if self.bar is not None:
+            sys.stderr.write("\r\x1b[K")
+            sys.stderr.flush()
+        click.echo(line)
+        if self.bar is not None:
+            self.bar.render_progress()
+
+    def for_input(self, index: int) -> Callable[[int, int], None]:
+        """The `progress(done, total)` callback for input `index` (0-based)."""
+
+        def report(done: int, total: int) -> None:
+            if self.bar is None:
+                if not sys.stderr.isatty() or (self.count < 2 and total < 2):
+                    return
+                self.bar = click.progressbar(length=self.count * self.STEPS, label=self.label, file=sys.stderr)
+                self.bar.__enter__()
+            position = index * self.STEPS + self.STEPS * done // total
+            self.bar.update(position - self.position)
+            self.position = position
+
+        return report
 
 
 def _output_paths(inputs: Sequence[Path], output: Path | None, suffix: str, force: bool) -> list[Path]:
@@ -116,13 +157,14 @@ def encode(inputs, output, model, quality, target_bpp, device, show_psnr, force)
     if quality is not None and target_bpp is not None:
         raise UserError("give --quality or --target-bpp, not both")
     outputs = _output_paths(inputs, output, ".vqz", force)
-    with _progress(list(zip(inputs, outputs)), "encoding") as items:
-        for path, out in items:
+    with _ProgressBar(len(inputs), "encoding") as bar:
+        for index, (path, out) in enumerate(zip(inputs, outputs)):
             picture = read_image(path)
+            progress = bar.for_input(index)
             if target_bpp is not None:
-                container = codec.encode_to_bpp(picture, target_bpp, device=device)
+                container = codec.encode_to_bpp(picture, target_bpp, device=device, progress=progress)
             else:
-                container = codec.encode([picture], quality=quality, device=device)[0]
+                container = codec.encode([picture], quality=quality, device=device, progress=progress)[0]
             data = serialize(container)
             line = f"{path} -> {out}: {len(data):,} bytes, {8 * len(data) / picture.info.pixels:.4f} bpp"
             if show_psnr:  # before writing: a failure here leaves no file behind
@@ -132,7 +174,7 @@ def encode(inputs, output, model, quality, target_bpp, device, show_psnr, force)
                     reference = picture.without_opaque_alpha().pixels
                 line += f", PSNR {psnr(reference, decoded.pixels):.2f} dB"
             atomic_write(out, data, force=force)
-            click.echo(line)
+            bar.echo(line)
 
 
 @cli.command()
@@ -145,12 +187,13 @@ def decode(inputs, output, device, force) -> None:
     """Decode .vqz files to PNG (or TIFF, BMP, PPM/PGM: by the -o file name's ending)."""
     outputs = _output_paths(inputs, output, ".png", force)
     formats = [output_format(out) for out in outputs]
-    with _progress(list(zip(inputs, outputs, formats)), "decoding") as items:
-        for path, out, fmt in items:
+    with _ProgressBar(len(inputs), "decoding") as bar:
+        for index, (path, out, fmt) in enumerate(zip(inputs, outputs, formats)):
             container = parse(Path(path).read_bytes())
-            picture = registry.codec_for(container).decode([container], device=device)[0]
+            codec = registry.codec_for(container)
+            picture = codec.decode([container], device=device, progress=bar.for_input(index))[0]
             atomic_write(out, image_bytes(picture, fmt), force=force)
-            click.echo(f"{path} -> {out}: {picture.info.width}x{picture.info.height}")
+            bar.echo(f"{path} -> {out}: {picture.info.width}x{picture.info.height}")
 
 
 def describe(container: Container, size: int) -> dict:

@@ -12,14 +12,14 @@ Chunk layout (one DATA chunk per channel, in channel order):
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
 from bitstream import Chunk, ChunkKind, Container
 from codec.errors import InvalidRequestError
 from codec.media import Picture
-from codec.registry import ImageCodec
+from codec.registry import ImageCodec, Progress
 from entropy import CategoricalTable, CorruptStreamError, Decoder, Encoder
 
 _TABLE_BYTES = 256 * 2
@@ -46,10 +46,16 @@ class LosslessDelta(ImageCodec):
     description = "exact; left-neighbour prediction and static per-channel tables"
     lossless = True
 
-    def encode(self, pictures: Sequence[Picture], quality: float | None = None, device: str = "cpu") -> list[Container]:
+    def encode(
+        self,
+        pictures: Sequence[Picture],
+        quality: float | None = None,
+        device: str = "cpu",
+        progress: Progress | None = None,
+    ) -> list[Container]:
         if quality is not None:  # accepting and ignoring it would let a user believe it did something
             raise InvalidRequestError(f"{self.codec_id} is exact and has no quality setting")
-        return [self._encode_one(p) for p in pictures]
+        return _each(self._encode_one, pictures, progress)
 
     def _encode_one(self, picture: Picture) -> Container:
         chunks = []
@@ -61,8 +67,10 @@ class LosslessDelta(ImageCodec):
             chunks.append(Chunk(ChunkKind.DATA, table.frequencies.astype("<u2").tobytes() + enc.finish()))
         return Container(self.codec_id, self.weights_digest, picture.info, b"", chunks, _icc(picture))
 
-    def decode(self, containers: Sequence[Container], device: str = "cpu") -> list[Picture]:
-        return [self._decode_one(c) for c in containers]
+    def decode(
+        self, containers: Sequence[Container], device: str = "cpu", progress: Progress | None = None
+    ) -> list[Picture]:
+        return _each(self._decode_one, containers, progress)
 
     def _decode_one(self, container: Container) -> Picture:
         info = container.media
@@ -79,6 +87,16 @@ class LosslessDelta(ImageCodec):
                 raise CorruptStreamError(f"chunk {index} decodes to values outside 0..255")
             planes.append(_reconstruct(residuals.reshape(info.height, info.width)))
         return Picture(np.stack(planes, axis=2), container.metadata.get("icc"))
+
+
+def _each(code: Callable, items: Sequence, progress: Progress | None) -> list:
+    """code(item) for each item, reporting progress by items (this codec has no tiles)."""
+    out = []
+    for item in items:
+        out.append(code(item))
+        if progress:
+            progress(len(out), len(items))
+    return out
 
 
 def _icc(picture: Picture) -> dict[str, bytes]:

@@ -11,11 +11,15 @@ from __future__ import annotations
 import abc
 import importlib
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Callable, Sequence
 
 from bitstream import Container, MediaKind
 from codec.errors import InvalidRequestError, UnknownCodecError, WeightsMismatchError
 from codec.media import Picture
+
+#: `progress(done, total)`: called as coding advances (units are the codec's: tiles, or pictures), so
+#: a caller can show how far a long job has got; `done == total` when the call is complete.
+Progress = Callable[[int, int], object]
 
 
 class ImageCodec(abc.ABC):
@@ -33,19 +37,31 @@ class ImageCodec(abc.ABC):
         return bytes(8)
 
     @abc.abstractmethod
-    def encode(self, pictures: Sequence[Picture], quality: float | None = None, device: str = "cpu") -> list[Container]:
+    def encode(
+        self,
+        pictures: Sequence[Picture],
+        quality: float | None = None,
+        device: str = "cpu",
+        progress: Progress | None = None,
+    ) -> list[Container]:
         """One container per picture."""
 
     @abc.abstractmethod
-    def decode(self, containers: Sequence[Container], device: str = "cpu") -> list[Picture]:
+    def decode(
+        self, containers: Sequence[Container], device: str = "cpu", progress: Progress | None = None
+    ) -> list[Picture]:
         """One picture per container (each already checked with `check`)."""
 
-    def encode_to_bpp(self, picture: Picture, target_bpp: float, device: str = "cpu") -> Container:
+    def encode_to_bpp(
+        self, picture: Picture, target_bpp: float, device: str = "cpu", progress: Progress | None = None
+    ) -> Container:
         """The highest quality whose whole file is at most `target_bpp` bits per pixel.
 
         Bisection over the continuous quality range (file size grows with
         quality). If even the lowest quality is larger, the request cannot be
         met and is refused (the message says what the lowest quality gives).
+        `progress` counts the attempts' work as if all ATTEMPTS were made
+        (the search may end sooner; it then reports completion).
         """
         if not self.levels:
             raise InvalidRequestError(f"{self.codec_id} has no quality setting, so --target-bpp does not apply")
@@ -53,10 +69,28 @@ class ImageCodec(abc.ABC):
             raise InvalidRequestError("--target-bpp must be positive")
         from bitstream import serialize
 
+        made = 0
+
         def attempt(q: float) -> tuple[Container, float]:
-            c = self.encode([picture], quality=q, device=device)[0]
+            nonlocal made
+
+            def report(done: int, total: int) -> None:
+                progress(made * total + done, self.ATTEMPTS * total)
+
+            c = self.encode([picture], quality=q, device=device, progress=report if progress else None)[0]
+            made += 1
             return c, 8 * len(serialize(c)) / picture.info.pixels
 
+        best = self._search_bpp(attempt, target_bpp)
+        if progress is not None:
+            progress(1, 1)
+        return best
+
+    #: encodes a --target-bpp search makes at most: both ends, then BISECTIONS halvings
+    BISECTIONS = 8
+    ATTEMPTS = 2 + BISECTIONS
+
+    def _search_bpp(self, attempt: Callable[[float], tuple[Container, float]], target_bpp: float) -> Container:
         best, bpp = attempt(1.0)
         if bpp > target_bpp:
             raise InvalidRequestError(
@@ -66,7 +100,7 @@ class ImageCodec(abc.ABC):
         if top_bpp <= target_bpp:
             return top
         lo, hi = 1.0, float(self.levels)
-        for _ in range(8):  # quality resolution (levels - 1) / 256
+        for _ in range(self.BISECTIONS):  # quality resolution (levels - 1) / 256
             mid = (lo + hi) / 2
             c, b = attempt(mid)
             if b <= target_bpp:

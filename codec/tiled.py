@@ -33,7 +33,7 @@ import torch
 from bitstream import Chunk, ChunkKind, Container
 from codec.errors import InvalidRequestError, UnsupportedMediaError
 from codec.media import Picture
-from codec.registry import ImageCodec
+from codec.registry import ImageCodec, Progress
 from entropy import CorruptStreamError
 
 PARAMS = struct.Struct("<BfH")
@@ -136,7 +136,13 @@ class TiledImageCodec(ImageCodec):
             )
         return np.repeat(p, 3, axis=2) if p.shape[2] == 1 else p
 
-    def encode(self, pictures: Sequence[Picture], quality: float | None = None, device: str = "cpu") -> list[Container]:
+    def encode(
+        self,
+        pictures: Sequence[Picture],
+        quality: float | None = None,
+        device: str = "cpu",
+        progress: Progress | None = None,
+    ) -> list[Container]:
         q = self._quality(quality)
         dev = torch_device(device)
         rgb = [self.rgb(p) for p in pictures]
@@ -146,6 +152,8 @@ class TiledImageCodec(ImageCodec):
             ph, pw = batch[0][1].padded
             x = torch.stack([tile_tensor(rgb[i], t, ph, pw) for i, t in batch]).to(dev)
             payloads.update(zip(batch, self._encode_batch(x, q, dev)))
+            if progress:
+                progress(len(payloads), len(jobs))
         params = PARAMS.pack(PARAMS_LAYOUT, q, DEFAULT_TILE // ALIGN)
         out = []
         for i, picture in enumerate(pictures):
@@ -172,7 +180,9 @@ class TiledImageCodec(ImageCodec):
             raise CorruptStreamError(f"{self.codec_id} files hold 1 or 3 channels, not {container.media.channels}")
         return q, tile_units * ALIGN
 
-    def decode(self, containers: Sequence[Container], device: str = "cpu") -> list[Picture]:
+    def decode(
+        self, containers: Sequence[Container], device: str = "cpu", progress: Progress | None = None
+    ) -> list[Picture]:
         dev = torch_device(device)
         jobs = []  # (container index, tile, quality, payload)
         for i, c in enumerate(containers):
@@ -183,11 +193,15 @@ class TiledImageCodec(ImageCodec):
                 raise CorruptStreamError(f"{len(data)} data chunks for {len(tiles)} tiles")
             jobs += [(i, t, q, d) for t, d in zip(tiles, data)]
         canvases = [np.empty((c.media.height, c.media.width, 3), np.uint8) for c in containers]
+        done = 0
         for batch in batches(jobs, shape=lambda job: job[1].padded):
             x = self._decode_batch([j[3] for j in batch], [j[2] for j in batch], batch[0][1].padded, dev)
             pixels = x.clamp_(0, 1).mul_(255).round_().to("cpu", torch.uint8).permute(0, 2, 3, 1).numpy()
             for b, (i, t, _, _) in enumerate(batch):
                 canvases[i][t.top : t.top + t.height, t.left : t.left + t.width] = pixels[b, : t.height, : t.width]
+            done += len(batch)
+            if progress:
+                progress(done, len(jobs))
         out = []
         for c, canvas in zip(containers, canvases):
             if c.media.channels == 1:

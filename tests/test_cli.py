@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import shutil
 import subprocess
@@ -14,7 +15,7 @@ from click.testing import CliRunner
 from conftest import SAMPLE, VECTORS
 from PIL import Image
 
-from codec.cli import cli, run
+from codec.cli import _ProgressBar, cli, run
 
 
 @pytest.fixture()
@@ -170,6 +171,35 @@ def test_other_weights_are_a_clear_error(runner, tmp_path):
     c.weights_digest = b"\x01" * 8
     (tmp_path / "other.vqz").write_bytes(serialize(c))
     _bad(runner.invoke(cli, ["decode", str(tmp_path / "other.vqz")]), "weights")
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_progress_bar_shows_only_work_of_several_steps(monkeypatch):
+    terminal = _Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    with _ProgressBar(1, "encoding") as bar:  # one input of one tile: nothing but its result line
+        bar.for_input(0)(1, 1)
+    assert terminal.getvalue() == ""
+    with _ProgressBar(1, "encoding") as bar:  # one input of four tiles: a bar that ends full
+        report = bar.for_input(0)
+        report(2, 4)
+        assert "50%" in terminal.getvalue()
+        report(4, 4)
+    assert "encoding" in terminal.getvalue() and "100%" in terminal.getvalue()
+    terminal.seek(0)
+    terminal.truncate()
+    with _ProgressBar(2, "decoding") as bar:  # two one-tile inputs: a bar by inputs
+        bar.for_input(0)(1, 1)
+        assert "50%" in terminal.getvalue()
+    monkeypatch.setattr(_Terminal, "isatty", lambda self: False)
+    terminal.truncate(0)
+    with _ProgressBar(2, "decoding") as bar:  # not a terminal (a log, a pipe): no bar at all
+        bar.for_input(0)(1, 1)
+    assert terminal.getvalue() == ""
 
 
 def test_debug_shows_the_traceback(runner):

@@ -49,8 +49,12 @@ def test_target_bpp_lands_at_or_under_the_target(gmm, sample_pixels):
     low = 8 * len(serialize(gmm.encode([picture], quality=1)[0])) / pixels
     high = 8 * len(serialize(gmm.encode([picture], quality=gmm.levels)[0])) / pixels
     target = (low + high) / 2
-    got = 8 * len(serialize(gmm.encode_to_bpp(picture, target))) / pixels
+    steps = []
+    got = 8 * len(serialize(gmm.encode_to_bpp(picture, target, progress=lambda *step: steps.append(step)))) / pixels
     assert got <= target and got > low
+    fractions = [done / total for done, total in steps]
+    assert fractions == sorted(fractions) and 0 < fractions[0] and fractions[-1] == 1  # one bar over the search
+    assert len(steps) == gmm.ATTEMPTS + 1  # one tile per attempt, then completion
     with pytest.raises(InvalidRequestError, match="out of reach"):  # "at most" cannot be kept: no file
         gmm.encode_to_bpp(picture, low / 2)
 
@@ -64,6 +68,17 @@ def test_batch_equals_one_by_one(gmm, sample_pixels):
     batch = [serialize(c) for c in gmm.encode(pictures, quality=3)]
     single = [serialize(gmm.encode([p], quality=3)[0]) for p in pictures]
     assert batch == single
+
+
+def test_progress_counts_tiles_as_they_are_coded(gmm, sample_pixels, monkeypatch):
+    monkeypatch.setattr(tiled, "DEFAULT_TILE", 128)
+    picture = Picture.from_array(sample_pixels[:130, :256])  # tiles 128x128 (two, one batch) and 2x128 (two)
+    steps = []
+    container = gmm.encode([picture], quality=2, progress=lambda *step: steps.append(step))[0]
+    assert steps == [(2, 4), (4, 4)]
+    steps.clear()
+    gmm.decode([container], progress=lambda *step: steps.append(step))
+    assert steps == [(2, 4), (4, 4)]
 
 
 def test_network_calls_are_bounded_in_tiles_and_pixels():
