@@ -78,7 +78,7 @@ def z_level_frequencies(model: HyperpriorGMM, crops: torch.Tensor, radius: int) 
     hyper-latents on training crops (B, 3, H, W in 0..1; never Kodak) and
     adding Z_PRIOR_WEIGHT pseudo-counts of the prior (so unseen values stay
     cheap enough) cut the hyper-latent's bits by 23% at the lowest level,
-    3-6% in the middle and 19% at the top (session 12, docs/models.md).
+    3-6% in the middle and 19% at the top (docs/history.md, "Session 12").
     """
     prior = z_frequencies(model.entropy_bottleneck, radius).astype(np.float64)
     prior /= prior.sum(axis=1, keepdims=True)

@@ -530,7 +530,7 @@ def load_transforms(model: torch.nn.Module, weights: Path) -> int:
 
 
 # Shape (channels, convolutions) of a post-filter that --post-filter adds: chosen in session 10 for
-# gain per decode millisecond (docs/models.md, hyperprior-gmm "Session 10").
+# gain per decode millisecond (docs/history.md, hyperprior-gmm "Session 10").
 POST_FILTER = (32, 3)
 
 
