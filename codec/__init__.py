@@ -29,6 +29,8 @@ __all__ = ["VqzError", "Picture", "encode", "decode", "list_codecs", "get_codec"
 def _picture(image: ImageLike) -> Picture:
     if isinstance(image, (str, os.PathLike)):
         return read_image(image)
+    if isinstance(image, (bytes, bytearray, memoryview)):
+        raise InvalidRequestError("images are arrays or paths: give the image file's path, not its bytes")
     return Picture.from_array(image)
 
 
@@ -45,13 +47,23 @@ def encode(
     if isinstance(images, (str, os.PathLike)) or (isinstance(images, np.ndarray) and images.ndim < 4):
         raise InvalidRequestError("encode takes a list of images; for one image pass [image]")
     codec = get_codec(model)
-    return [serialize(c) for c in codec.encode([_picture(i) for i in images], quality=quality, device=device)]
+    pictures = [_picture(i) for i in _listed(images, "encode takes a list of images")]
+    return [serialize(c) for c in codec.encode(pictures, quality=quality, device=device)]
+
+
+def _listed(items: object, message: str) -> list:
+    """`items` as a list (any iterable, generators included), or the one-line refusal `message`."""
+    try:
+        return list(items)  # type: ignore[call-overload]
+    except TypeError:
+        raise InvalidRequestError(f"{message}, not a {type(items).__name__}") from None
 
 
 def decode(files: Sequence[bytes], device: str = "cpu") -> list[np.ndarray]:
     """Decode many .vqz files (bytes); files of the same codec are decoded as one batch."""
     if isinstance(files, (bytes, bytearray, memoryview, str, os.PathLike)):
         raise InvalidRequestError("decode takes a list of .vqz files' contents (bytes); for one file pass [data]")
+    files = _listed(files, "decode takes a list of .vqz files' contents (bytes)")  # a generator is read once
     for i, f in enumerate(files):
         if not isinstance(f, (bytes, bytearray, memoryview)):
             raise InvalidRequestError(f"files[{i}] is a {type(f).__name__}, not the bytes of a .vqz file")

@@ -114,6 +114,9 @@ class _ProgressBar:
 
 def _output_paths(inputs: Sequence[Path], output: Path | None, suffix: str, force: bool) -> list[Path]:
     """Where each input's result goes; refused before any work if two would share a file or one exists."""
+    for path in inputs:
+        if not path.name or path.is_dir():
+            raise UserError(f"{path}: is a folder, not a file")
     if output is None:
         outputs = [p.with_suffix(suffix) for p in inputs]
     elif len(inputs) == 1 and not output.is_dir():
@@ -128,6 +131,8 @@ def _output_paths(inputs: Sequence[Path], output: Path | None, suffix: str, forc
         if key in seen:
             raise UserError(f"{seen[key]} and {path} would both be written to {out} (code them one at a time with -o)")
         seen[key] = path
+        if key == path.resolve():  # even with --force: the input would be gone
+            raise UserError(f"{path} would be overwritten by its own output (give -o another name)")
         if out.exists() and not force:
             raise UserError(f"{out} exists (use --force to overwrite)")
     return outputs

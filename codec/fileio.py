@@ -28,7 +28,10 @@ def atomic_write(path: str | os.PathLike, data: bytes, force: bool = False) -> N
     folder = target.parent
     if not folder.is_dir():  # else the error would name mkstemp's temporary file
         raise InvalidRequestError(f"{folder}: no such folder (for {target.name})")
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=folder)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=folder)
+    except OSError as exc:  # name the file the user asked for, not mkstemp's temporary one
+        raise OSError(exc.errno, exc.strerror, os.fspath(target)) from None
     try:
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 files; outputs get the usual mode
         with os.fdopen(fd, "wb") as f:

@@ -19,7 +19,7 @@ import numpy as np
 from bitstream import Chunk, ChunkKind, Container
 from codec.errors import InvalidRequestError
 from codec.media import Picture
-from codec.registry import ImageCodec, Progress
+from codec.registry import ImageCodec, Progress, device_name
 from entropy import CategoricalTable, CorruptStreamError, Decoder, Encoder
 
 _TABLE_BYTES = 256 * 2
@@ -55,6 +55,7 @@ class LosslessDelta(ImageCodec):
     ) -> list[Container]:
         if quality is not None:  # accepting and ignoring it would let a user believe it did something
             raise InvalidRequestError(f"{self.codec_id} is exact and has no quality setting")
+        device_name(device)  # runs on the CPU whatever the device, but a misspelt one is still an error
         return _each(self._encode_one, pictures, progress)
 
     def _encode_one(self, picture: Picture) -> Container:
@@ -70,10 +71,15 @@ class LosslessDelta(ImageCodec):
     def decode(
         self, containers: Sequence[Container], device: str = "cpu", progress: Progress | None = None
     ) -> list[Picture]:
+        device_name(device)
         return _each(self._decode_one, containers, progress)
 
     def _decode_one(self, container: Container) -> Picture:
         info = container.media
+        if container.params:
+            raise CorruptStreamError(f"{self.codec_id} files have no codec parameters, this one has some")
+        if info.bit_depth != 8:
+            raise CorruptStreamError(f"{self.codec_id} files hold 8-bit images, not {info.bit_depth}-bit")
         data = container.data_chunks()
         if len(data) != info.channels:
             raise CorruptStreamError(f"{len(data)} data chunks for {info.channels} channels")

@@ -168,12 +168,16 @@ def _load_image(data: bytes, name: str, limits: Limits) -> Picture:
 
 
 def _exact_mode(im: Image.Image) -> Image.Image:
-    """L, RGB or RGBA holding exactly what `im` holds (bilevel, palette, grey+alpha, YCbCr converted)."""
+    """L, RGB or RGBA holding exactly what `im` holds (bilevel, palette, grey+alpha, colour keys, YCbCr converted)."""
     mode = im.mode
     if mode == "1":
         return im.convert("L")
     if mode in ("P", "PA"):
         return im.convert("RGBA" if ("transparency" in im.info or mode == "PA") else "RGB")
+    if mode in ("L", "RGB") and "transparency" in im.info:  # a colour key (PNG tRNS): alpha in disguise
+        im, mode = im.convert("LA" if mode == "L" else "RGBA"), "LA" if mode == "L" else "RGBA"
+        if mode == "RGBA" and im.getchannel("A").getextrema() == (255, 255):
+            return im.convert("RGB")  # no pixel has the key colour: nothing is transparent
     if mode == "LA":
         return im.convert("L") if im.getchannel("A").getextrema() == (255, 255) else im.convert("RGBA")
     if mode == "YCbCr":

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import abc
 import importlib
+import re
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
@@ -146,8 +147,18 @@ def entries() -> list[Entry]:
     return sorted(_ENTRIES.values(), key=lambda e: e.name)
 
 
+def device_name(device: object) -> str:
+    """`device` ("cpu", "cuda", "cuda:N", a torch.device; None is the CPU) as a checked name; needs no torch."""
+    name = "cpu" if device is None else str(device) if type(device).__name__ == "device" else device
+    if not isinstance(name, str) or not (name in ("cpu", "cuda") or re.fullmatch(r"cuda:\d+", name)):
+        raise InvalidRequestError(f"unknown device {device!r} (cpu, cuda or cuda:N)")
+    return name
+
+
 def get_codec(name: str | None = None) -> ImageCodec:
     """The codec registered under `name` (the default image codec if None)."""
+    if name is not None and not isinstance(name, str):
+        raise InvalidRequestError(f"a codec is named by a string, not a {type(name).__name__}")
     name = name or DEFAULT_IMAGE_CODEC
     if name not in _ENTRIES:
         known = ", ".join(e.name for e in entries())

@@ -33,12 +33,14 @@ import torch
 from bitstream import Chunk, ChunkKind, Container
 from codec.errors import InvalidRequestError, UnsupportedMediaError
 from codec.media import Picture
-from codec.registry import ImageCodec, Progress
+from codec.registry import ImageCodec, Progress, device_name
 from entropy import CorruptStreamError
 
 PARAMS = struct.Struct("<BfH")
 PARAMS_LAYOUT = 1
 DEFAULT_TILE = 1024
+MAX_TILE = 1024  # the largest tile a file may declare: every encoder so far wrote 1024, and larger
+# tiles would let a file past the per-call memory bound (BATCH_PIXELS allows one tile at least)
 ALIGN = 64  # the coarsest latents are at 1/64 resolution
 BATCH_TILES = 4  # tiles per network call, at most...
 BATCH_PIXELS = 1 << 21  # ...and (padded) pixels per network call: bounds peak memory
@@ -81,9 +83,8 @@ def batches(items: list, shape) -> Iterator[list]:
             yield group[i : i + size]
 
 
-def torch_device(name: str) -> torch.device:
-    if name not in ("cpu", "cuda") and not name.startswith("cuda:"):
-        raise InvalidRequestError(f"unknown device {name!r} (cpu or cuda)")
+def torch_device(device: str | torch.device) -> torch.device:
+    name = device_name(device)
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise InvalidRequestError("--device cuda was asked for, but no CUDA device is available")
     return torch.device(name)
@@ -121,7 +122,10 @@ class TiledImageCodec(ImageCodec):
 
     def _quality(self, quality: float | None) -> float:
         """The quality the header stores (float32-exact, so both sides agree), checked."""
-        q = self.default_quality if quality is None else float(quality)
+        try:
+            q = self.default_quality if quality is None else float(quality)
+        except (TypeError, ValueError):
+            raise InvalidRequestError(f"quality must be a number, not {quality!r}") from None
         if not 1.0 <= q <= self.levels:
             raise InvalidRequestError(f"quality must be between 1 and {self.levels}, not {quality}")
         return float(np.float32(q))
@@ -172,8 +176,8 @@ class TiledImageCodec(ImageCodec):
             raise CorruptStreamError(f"unknown {self.codec_id} parameter layout {layout}")
         if not (math.isfinite(q) and 1.0 <= q <= self.levels):
             raise CorruptStreamError(f"quality {q} is out of range 1..{self.levels}")
-        if not 1 <= tile_units <= 64:
-            raise CorruptStreamError(f"tile size {tile_units * ALIGN} is out of range")
+        if not 1 <= tile_units <= MAX_TILE // ALIGN:
+            raise CorruptStreamError(f"tile size {tile_units * ALIGN} is out of range 64..{MAX_TILE}")
         if container.media.bit_depth != 8:
             raise CorruptStreamError(f"{self.codec_id} files hold 8-bit images")
         if container.media.channels not in (1, 3):
@@ -187,10 +191,11 @@ class TiledImageCodec(ImageCodec):
         jobs = []  # (container index, tile, quality, payload)
         for i, c in enumerate(containers):
             q, tile = self._parse_params(c)
-            tiles = tile_grid(c.media.height, c.media.width, tile)
             data = c.data_chunks()
-            if len(data) != len(tiles):
-                raise CorruptStreamError(f"{len(data)} data chunks for {len(tiles)} tiles")
+            count = -(-c.media.height // tile) * -(-c.media.width // tile)
+            if len(data) != count:  # checked before the grid is built: a file may declare millions of tiles
+                raise CorruptStreamError(f"{len(data)} data chunks for {count} tiles")
+            tiles = tile_grid(c.media.height, c.media.width, tile)
             jobs += [(i, t, q, d) for t, d in zip(tiles, data)]
         canvases = [np.empty((c.media.height, c.media.width, 3), np.uint8) for c in containers]
         done = 0

@@ -42,6 +42,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from bitstream import Container
 from codec import weights as shipped
 from codec.models.hyperprior import frozen
 from codec.models.vq_image import VQImageConfig, VQImageModel, ladder_point
@@ -172,6 +173,12 @@ class VQCodec(TiledImageCodec):
     def _quality(self, quality: float | None) -> float:
         q = super()._quality(quality)
         return float(math.floor(q))
+
+    def _parse_params(self, container: Container) -> tuple[float, int]:
+        q, tile = super()._parse_params(container)
+        if q != math.floor(q):  # the encoder writes rate points only
+            raise CorruptStreamError(f"{self.codec_id} quality {q} is not a rate point (1..{self.levels})")
+        return q, tile
 
     def _on(self, device: torch.device):
         """(model, analysis, synthesis, level-up maps, codebooks) on `device`, built once."""

@@ -27,6 +27,18 @@ from entropy import tables
 
 _PER_SYMBOL_TABLE = constriction.stream.model.Categorical(perfect=False)
 _RAW16 = constriction.stream.model.Uniform(1 << 16)
+# A decoder refuses a stream that is too short for what it decoded: constriction's range decoder
+# reads zeros past the end of its data and never says so, so a file whose declared size was
+# enlarged, or whose streams were emptied, would otherwise decode to garbage. Each decoded
+# symbol costs the coder at least -log2(q) bits, q being constriction's quantised probability
+# (24-bit, leaky: within a unit or two of 2^-24 of p, for a table p that sums to 1 up to float32
+# rounding); so the symbols' summed cost under min(1, SPEND_MARGIN * p + MIN_PROBABILITY)
+# never exceeds the stream's bits plus the coder's final state (at most two words:
+# STREAM_SLACK_BITS) for any stream an Encoder wrote (tests/test_entropy.py checks it on
+# thousands of random streams; the largest excess seen was -1 bit).
+SPEND_MARGIN = 1.01
+MIN_PROBABILITY = 2.0**-20
+STREAM_SLACK_BITS = 128
 CHUNK_SYMBOLS = 1 << 15  # neighbouring symbols sorted together; tables <= 2^15 x 257 doubles
 BLOCK_SYMBOLS = 1 << 10  # symbols per probability table
 MAX_TABLE_SIZE = 1 << 16
@@ -50,6 +62,12 @@ def _as_int32(symbols: np.ndarray) -> np.ndarray:
     return a.astype(np.int32, copy=False)
 
 
+def least_bits(probabilities: np.ndarray) -> np.ndarray:
+    """A lower bound on what coding a symbol of probability p costs (see STREAM_SLACK_BITS)."""
+    p = np.asarray(probabilities, dtype=np.float64)
+    return -np.log2(np.minimum(1.0, SPEND_MARGIN * p + MIN_PROBABILITY))
+
+
 @dataclass(frozen=True)
 class CategoricalTable:
     """Integer frequencies of the symbols 0..n-1, plus an implicit escape symbol."""
@@ -64,6 +82,7 @@ class CategoricalTable:
         # Escape gets one count; zero counts still get the coder's minimum probability.
         probs = np.append(f.astype(np.float64), 1.0)
         object.__setattr__(self, "_model", constriction.stream.model.Categorical(probs, perfect=False))
+        object.__setattr__(self, "_least_bits", least_bits(probs / probs.sum()))
 
     @classmethod
     def from_counts(cls, counts: np.ndarray, total: int = 1 << 16) -> "CategoricalTable":
@@ -213,6 +232,20 @@ class Decoder:
             self._coder = constriction.stream.queue.RangeDecoder(words)
         except Exception as exc:  # constriction raises ValueError/AssertionError on bad data
             raise CorruptStreamError(f"coded stream is invalid: {exc}") from None
+        self._budget = 32.0 * words.size + STREAM_SLACK_BITS  # bits the decoded symbols may cost
+        self._spent = 0.0
+
+    def _spend(self, bits: float) -> None:
+        self._spent += bits
+        self._check(0.0)
+
+    def _check(self, more: float) -> None:
+        """Refuse the stream if what was decoded, plus `more` still to come, cannot fit in it."""
+        if self._spent + more > self._budget:
+            raise CorruptStreamError(
+                f"coded stream of {(self._budget - STREAM_SLACK_BITS) / 8:.0f} bytes ends before its symbols do "
+                "(truncated, or the file declares more than was coded)"
+            )
 
     def _decode(self, *args) -> np.ndarray:
         try:
@@ -223,11 +256,16 @@ class Decoder:
     def _escape_payload(self, count: int) -> np.ndarray:
         if not count:
             return np.empty(0, np.int32)
+        self._check(32.0 * count)  # two raw 16-bit halves each, exactly
         halves = self._decode(_RAW16, 2 * count).astype(np.uint32).reshape(-1, 2)
+        self._spend(32.0 * count)
         return ((halves[:, 0] << 16) | halves[:, 1]).view(np.int32)
 
     def categorical(self, table: CategoricalTable, count: int) -> np.ndarray:
+        cost = table._least_bits
+        self._check(int(count) * float(cost.min()))  # before the work: a few bytes cannot ask for millions
         idx = self._decode(table._model, int(count))
+        self._spend(float(cost[idx].sum()))
         escaped = idx == table.size
         idx[escaped] = self._escape_payload(int(escaped.sum()))
         return idx
@@ -236,8 +274,10 @@ class Decoder:
         plan = _ParametricPlan(family, weights, means, scales)
         out = np.empty(plan.n, np.int32)
         escaped_positions = []
-        for rows, escape, blocks in plan.chunks():
-            idx = np.concatenate([self._decode(_PER_SYMBOL_TABLE, probs) for probs in blocks])
+        for rows, escape, blocks in plan.chunks():  # a chunk at a time: a short stream is refused early
+            parts = [self._decode(_PER_SYMBOL_TABLE, probs) for probs in blocks]
+            self._spend(sum(float(least_bits(p[np.arange(i.size), i]).sum()) for p, i in zip(blocks, parts)))
+            idx = np.concatenate(parts)
             out[rows] = (plan.lo[rows] + idx).astype(np.int32)
             escaped_positions.append(rows[idx == escape])
         where = np.concatenate(escaped_positions) if escaped_positions else np.empty(0, np.int64)

@@ -163,6 +163,30 @@ def test_corrupt_and_truncated_files(runner, tmp_path, command):
     assert not (tmp_path / "o.png").exists()
 
 
+@pytest.mark.parametrize("model", ["hyperprior-gmm", "vq-mcq", "lossless-delta"])
+def test_a_file_declaring_more_pixels_than_it_codes_is_refused(runner, tmp_path, model):
+    """Header CRC recomputed, so only the streams can tell: they are too short for a picture ten times as tall."""
+    from bitstream import ImageInfo, parse, serialize
+
+    src = tmp_path / "p.png"
+    Image.open(SAMPLE).convert("RGB").crop((0, 0, 64, 48)).save(src)
+    _ok(runner.invoke(cli, ["encode", str(src), "--model", model, "-o", str(tmp_path / "p.vqz")]))
+    c = parse((tmp_path / "p.vqz").read_bytes())
+    c.media = ImageInfo(64, 480, c.media.channels)
+    (tmp_path / "tall.vqz").write_bytes(serialize(c))
+    _bad(runner.invoke(cli, ["decode", str(tmp_path / "tall.vqz")]), "ends before its symbols do")
+    assert not (tmp_path / "tall.png").exists()
+
+
+def test_folders_and_self_overwrites_are_refused(runner, tmp_path):
+    _bad(runner.invoke(cli, ["decode", "."]), "is a folder")
+    _bad(runner.invoke(cli, ["encode", str(tmp_path)]), "is a folder")
+    src = tmp_path / "p.png"
+    shutil.copy(SAMPLE, src)
+    _bad(runner.invoke(cli, ["encode", str(src), "-o", str(src), "--force"]), "its own output")
+    assert src.read_bytes() == Path(SAMPLE).read_bytes()
+
+
 def test_other_weights_are_a_clear_error(runner, tmp_path):
     data = bytearray((VECTORS / "hyperprior_rgb_80x48.vqz").read_bytes())
     from bitstream import parse, serialize

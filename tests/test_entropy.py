@@ -151,6 +151,27 @@ def test_cdf_tables_are_the_committed_ones():
 EXPECTED_CDF_DIGEST = "9e6e6d62d26a7ec1"
 
 
+def test_a_stream_shorter_than_its_symbols_is_refused():
+    """constriction reads zeros past the end of its data; the decoder counts what its symbols cost."""
+    rng = np.random.default_rng(0)
+    table = CategoricalTable(np.array([5, 3, 1, 1]))
+    enc = Encoder()
+    enc.categorical(rng.integers(0, 4, 1000), table)
+    data = enc.finish()
+    with pytest.raises(CorruptStreamError, match="ends before its symbols do"):
+        Decoder(data).categorical(table, 20_000)  # a file declaring more than was coded
+    with pytest.raises(CorruptStreamError, match="ends before"):
+        Decoder(b"").categorical(table, 10**9)  # refused before decoding a billion symbols from nothing
+    means, scales = rng.normal(0, 3, 5000), np.full(5000, 2.0)
+    enc = Encoder()
+    enc.gaussian(np.round(means + rng.normal(0, 2, 5000)).astype(np.int64), means, scales)
+    data = enc.finish()
+    with pytest.raises(CorruptStreamError, match="ends before"):
+        Decoder(data[: len(data) // 2 // 4 * 4]).gaussian(means, scales)  # truncated
+    with pytest.raises(CorruptStreamError, match="ends before"):
+        Decoder(b"").gaussian(np.zeros(50_000), np.full(50_000, 0.3))  # nothing, where 50,000 symbols are due
+
+
 def test_bad_streams_raise_documented_errors():
     table = CategoricalTable.from_counts(np.ones(10))
     with pytest.raises(CorruptStreamError, match="32-bit"):

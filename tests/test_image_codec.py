@@ -7,10 +7,11 @@ import pytest
 import torch
 
 import codec.tiled as tiled
-from bitstream import parse, serialize
+from bitstream import ImageInfo, parse, serialize
 from codec.errors import InvalidRequestError, UnsupportedMediaError
 from codec.media import Picture
 from codec.registry import codec_for, get_codec
+from entropy import CorruptStreamError
 
 
 @pytest.fixture(scope="module")
@@ -79,6 +80,38 @@ def test_progress_counts_tiles_as_they_are_coded(gmm, sample_pixels, monkeypatch
     steps.clear()
     gmm.decode([container], progress=lambda *step: steps.append(step))
     assert steps == [(2, 4), (4, 4)]
+
+
+def test_tiles_are_counted_before_any_work(gmm, sample_pixels, monkeypatch):
+    """A ~100-byte file may declare millions of tiles, or tiles past the memory bound: refused at once."""
+    container = gmm.encode([Picture.from_array(sample_pixels[:48, :64])], quality=2)[0]
+    layout, q, _ = tiled.PARAMS.unpack(container.params)
+    container.media = ImageInfo(1 << 28, 1, 3)  # the largest picture a reader allows
+    container.params = tiled.PARAMS.pack(layout, q, 1)  # in 64-pixel tiles: 4,194,304 of them
+    monkeypatch.setattr(tiled, "tile_grid", None)  # building that grid took 15 s and 1.5 GB
+    with pytest.raises(CorruptStreamError, match="1 data chunks for 4194304 tiles"):
+        gmm.decode([parse(serialize(container))])
+    container.media = ImageInfo(64, 48, 3)
+    container.params = tiled.PARAMS.pack(layout, q, 2048 // tiled.ALIGN)
+    with pytest.raises(CorruptStreamError, match="tile size 2048 is out of range"):
+        gmm.decode([parse(serialize(container))])
+
+
+def test_headers_their_encoders_never_write_are_refused(sample_pixels):
+    picture = Picture.from_array(sample_pixels[:48, :64])
+    exact = get_codec("lossless-delta").encode([picture])[0]
+    exact.media = ImageInfo(64, 48, 3, bit_depth=16)
+    with pytest.raises(CorruptStreamError, match="8-bit"):
+        get_codec("lossless-delta").decode([parse(serialize(exact))])
+    exact.media, exact.params = ImageInfo(64, 48, 3), b"\x01"
+    with pytest.raises(CorruptStreamError, match="no codec parameters"):
+        get_codec("lossless-delta").decode([parse(serialize(exact))])
+    vq = get_codec("vq-mcq")
+    container = vq.encode([picture], quality=2)[0]
+    layout, _, tile = tiled.PARAMS.unpack(container.params)
+    container.params = tiled.PARAMS.pack(layout, 2.5, tile)  # vq-mcq writes whole rate points only
+    with pytest.raises(CorruptStreamError, match="not a rate point"):
+        vq.decode([parse(serialize(container))])
 
 
 def test_network_calls_are_bounded_in_tiles_and_pixels():
@@ -267,6 +300,20 @@ def test_library_api_batches_and_reports_errors(sample_pixels):
         codec.encode(["missing.png"])
     with pytest.raises(InvalidRequestError, match="no quality"):
         codec.encode([sample_pixels[:8, :8]], model="lossless-delta", quality=3)
+    # any iterable, read once; a torch.device as torch users write it
+    assert len(codec.decode(f for f in files)) == 2
+    assert codec.encode([images[0]], quality=2, device=torch.device("cpu")) == files[:1]
+    wrong = [
+        (lambda: codec.encode(None), "list of images"),
+        (lambda: codec.decode(3), "list of .vqz"),
+        (lambda: codec.encode([images[0]], quality="high"), "number"),
+        (lambda: codec.encode([images[0]], model=["hyperprior-gmm"]), "string"),
+        (lambda: codec.encode([images[0]], model="lossless-delta", device="gpu"), "unknown device"),
+        (lambda: codec.encode([b"\x89PNG"]), "path"),
+    ]
+    for call, needle in wrong:
+        with pytest.raises(InvalidRequestError, match=needle):
+            call()
 
 
 def test_hyper_latent_tables_follow_the_rate_level():

@@ -32,6 +32,18 @@ def test_palette_and_grey_alpha_are_expanded_exactly():
     assert pic.pixels.shape == (5, 6, 4) and np.array_equal(pic.pixels[:, :, 3], np.asarray(la)[:, :, 1])
 
 
+def test_a_colour_key_is_transparency_not_dropped():
+    """PNG tRNS on grey or RGB: pixels of the key colour are transparent, so the picture has an alpha."""
+    grey = np.arange(48, dtype=np.uint8).reshape(6, 8)
+    pic = load_image(_encode(Image.fromarray(grey), transparency=5))
+    assert pic.pixels.shape == (6, 8, 4) and (pic.pixels[:, :, 3] == 0).sum() == 1
+    rgb = np.dstack([grey, grey, grey])
+    pic = load_image(_encode(Image.fromarray(rgb), transparency=(7, 7, 7)))
+    assert pic.pixels.shape == (6, 8, 4) and pic.pixels[0, 7, 3] == 0 and np.array_equal(pic.pixels[:, :, :3], rgb)
+    pic = load_image(_encode(Image.fromarray(rgb), transparency=(1, 2, 3)))  # no pixel has the key colour
+    assert pic.pixels.shape == (6, 8, 3) and np.array_equal(pic.pixels, rgb)
+
+
 def test_sixteen_bit_and_cmyk_are_refused():
     deep = Image.fromarray(np.arange(64, dtype=np.uint16).reshape(8, 8) * 1000)
     with pytest.raises(UnsupportedMediaError, match="16"):

@@ -21,13 +21,17 @@ from __future__ import annotations
 
 import copy
 import math
+import warnings
 from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from compressai.entropy_models import EntropyBottleneck
-from compressai.layers import GDN
+
+with warnings.catch_warnings():  # compressai's import warns about torch.jit.script: nothing a user can act on
+    warnings.filterwarnings("ignore", message=r"`torch.jit.script` is deprecated", category=FutureWarning)
+    from compressai.entropy_models import EntropyBottleneck
+    from compressai.layers import GDN
 
 # Rate-distortion trade-offs of the quality levels (MSE on 0..1 images,
 # scaled by 255^2 as in CompressAI's training recipe).  Level 1 is the lowest
