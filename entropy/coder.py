@@ -64,8 +64,8 @@ def _as_int32(symbols: np.ndarray) -> np.ndarray:
 
 def least_bits(probabilities: np.ndarray) -> np.ndarray:
     """A lower bound on what coding a symbol of probability p costs (see STREAM_SLACK_BITS)."""
-    p = np.asarray(probabilities, dtype=np.float64)
-    return -np.log2(np.minimum(1.0, SPEND_MARGIN * p + MIN_PROBABILITY))
+    p = np.asarray(probabilities)  # float32 tables stay float32: its rounding is far inside the margins
+    return -np.log2(np.minimum(1.0, SPEND_MARGIN * p + MIN_PROBABILITY, dtype=p.dtype))
 
 
 @dataclass(frozen=True)
@@ -276,8 +276,9 @@ class Decoder:
         escaped_positions = []
         for rows, escape, blocks in plan.chunks():  # a chunk at a time: a short stream is refused early
             parts = [self._decode(_PER_SYMBOL_TABLE, probs) for probs in blocks]
-            self._spend(sum(float(least_bits(p[np.arange(i.size), i]).sum()) for p, i in zip(blocks, parts)))
             idx = np.concatenate(parts)
+            chosen = np.concatenate([p[np.arange(i.size), i] for p, i in zip(blocks, parts)])
+            self._spend(float(least_bits(chosen).sum(dtype=np.float64)))
             out[rows] = (plan.lo[rows] + idx).astype(np.int32)
             escaped_positions.append(rows[idx == escape])
         where = np.concatenate(escaped_positions) if escaped_positions else np.empty(0, np.int64)
