@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Callable, Sequence
@@ -112,11 +113,14 @@ class _ProgressBar:
         return report
 
 
-def _output_paths(inputs: Sequence[Path], output: Path | None, suffix: str, force: bool) -> list[Path]:
+def _output_paths(inputs: Sequence[Path], output_name: str | None, suffix: str, force: bool) -> list[Path]:
     """Where each input's result goes; refused before any work if two would share a file or one exists."""
     for path in inputs:
         if not path.name or path.is_dir():
             raise UserError(f"{path}: is a folder, not a file")
+    output = None if output_name is None else Path(output_name)
+    if output is not None and output_name.endswith(("/", os.sep)) and not output.is_dir():
+        raise UserError(f"-o {output_name}: no such folder")  # a folder was meant: not a file of that name
     if output is None:
         outputs = [p.with_suffix(suffix) for p in inputs]
     elif len(inputs) == 1 and not output.is_dir():
@@ -140,7 +144,7 @@ def _output_paths(inputs: Sequence[Path], output: Path | None, suffix: str, forc
 
 @cli.command()
 @click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=Path))
-@click.option("-o", "--output", type=click.Path(path_type=Path), help="Output file (or folder, for several inputs).")
+@click.option("-o", "--output", type=click.Path(), help="Output file (or folder, for several inputs).")
 @click.option("--model", default=None, help=f"Codec name (default {registry.DEFAULT_IMAGE_CODEC}); see `vqz models`.")
 @click.option(
     "-q",
@@ -184,7 +188,7 @@ def encode(inputs, output, model, quality, target_bpp, device, show_psnr, force)
 
 @cli.command()
 @click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=Path))
-@click.option("-o", "--output", type=click.Path(path_type=Path), help="Output file (or folder, for several inputs).")
+@click.option("-o", "--output", type=click.Path(), help="Output file (or folder, for several inputs).")
 @click.option("--device", default="cpu", show_default=True, help="cpu or cuda: where the networks run.")
 @click.option("-f", "--force", is_flag=True, help="Overwrite existing outputs.")
 @friendly_errors

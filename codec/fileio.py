@@ -38,10 +38,29 @@ def atomic_write(path: str | os.PathLike, data: bytes, force: bool = False) -> N
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, target)
+        if force:
+            os.replace(tmp, target)
+        else:
+            _link_new(tmp, target)
     except BaseException:
         try:
             os.unlink(tmp)
         except FileNotFoundError:
             pass
         raise
+
+
+def _link_new(tmp: str, target: Path) -> None:
+    """Give the finished file its name only if that name is still free (no clobbering in a race).
+
+    A hard link fails if the name exists, atomically; where a file system
+    has no hard links, the earlier check stands and the file is renamed.
+    """
+    try:
+        os.link(tmp, target)
+    except FileExistsError:
+        raise InvalidRequestError(f"{target} exists (use --force to overwrite)") from None
+    except OSError:
+        os.replace(tmp, target)
+        return
+    os.unlink(tmp)

@@ -185,6 +185,8 @@ def test_folders_and_self_overwrites_are_refused(runner, tmp_path):
     shutil.copy(SAMPLE, src)
     _bad(runner.invoke(cli, ["encode", str(src), "-o", str(src), "--force"]), "its own output")
     assert src.read_bytes() == Path(SAMPLE).read_bytes()
+    _bad(runner.invoke(cli, ["encode", str(src), "-o", str(tmp_path / "new") + "/"]), "no such folder")
+    assert not (tmp_path / "new").exists()
 
 
 def test_other_weights_are_a_clear_error(runner, tmp_path):

@@ -154,3 +154,19 @@ def test_atomic_write_never_clobbers(tmp_path):
     assert target.stat().st_mode & 0o777 == 0o666 & ~_umask()
     with pytest.raises(InvalidRequestError, match="no such folder"):
         atomic_write(tmp_path / "nope" / "out.bin", b"x")
+
+
+def test_atomic_write_does_not_clobber_a_file_made_meanwhile(tmp_path, monkeypatch):
+    """Between the check and the rename another program makes the file: it is kept, and ours is refused."""
+    import tempfile
+
+    target, real = tmp_path / "late.bin", tempfile.mkstemp
+
+    def mkstemp_then_race(*args, **kwargs):
+        target.write_bytes(b"theirs")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(tempfile, "mkstemp", mkstemp_then_race)
+    with pytest.raises(InvalidRequestError, match="exists"):
+        atomic_write(target, b"ours")
+    assert target.read_bytes() == b"theirs" and [p.name for p in tmp_path.iterdir()] == ["late.bin"]
