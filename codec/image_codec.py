@@ -84,15 +84,11 @@ def z_level_frequencies(model: HyperpriorGMM, crops: torch.Tensor, radius: int) 
     prior /= prior.sum(axis=1, keepdims=True)
     levels, (channels, width) = model.config.levels, prior.shape
     counts = np.zeros((levels, channels, width))
-    with torch.no_grad():
-        for x in crops.split(8):
-            features = model.g_a(x)  # the analysis is the same at every level; only the gain differs
-            for level in range(levels):
-                gain, _ = model.gains(torch.full((x.shape[0],), float(level)))
-                z = torch.round(model.h_a(features * gain)).to(torch.int64) + radius
-                bins = (z + width * torch.arange(channels).view(1, -1, 1, 1)).numpy()  # one bin range per channel
-                inside = bins[(z >= 0).numpy() & (z < width).numpy()]  # beyond the radius: escape-coded, not counted
-                counts[level] += np.bincount(inside, minlength=channels * width).reshape(channels, width)
+    for level, z in _hyper_latents_by_level(model, crops):
+        z = torch.round(z).to(torch.int64) + radius
+        bins = (z + width * torch.arange(channels).view(1, -1, 1, 1)).numpy()  # one bin range per channel
+        inside = bins[(z >= 0).numpy() & (z < width).numpy()]  # beyond the radius: escape-coded, not counted
+        counts[level] += np.bincount(inside, minlength=channels * width).reshape(channels, width)
     p = counts + Z_PRIOR_WEIGHT * prior
     p /= p.sum(axis=2, keepdims=True)
     return _frequencies(p)
@@ -124,12 +120,25 @@ def hyper_head(model: HyperpriorGMM, crops: torch.Tensor) -> dict:
     head = model.h_s[-1]
     peak = torch.zeros(head.in_channels, dtype=torch.float64)
     with torch.no_grad():
-        for level in range(model.config.levels):
-            for x in crops.split(8):
-                _, z = model.analyse(x, torch.full((x.shape[0],), float(level)))
-                a = model.h_s[:-1](torch.round(z)).to(torch.float64)  # the coder's z: rounded
-                peak = torch.maximum(peak, a.abs().amax(dim=(0, 2, 3)))
+        for _, z in _hyper_latents_by_level(model, crops):
+            a = model.h_s[:-1](torch.round(z)).to(torch.float64)  # the coder's z: rounded
+            peak = torch.maximum(peak, a.abs().amax(dim=(0, 2, 3)))
     return quantise_conv(head, peak)
+
+
+@torch.no_grad()
+def _hyper_latents_by_level(model: HyperpriorGMM, crops: torch.Tensor):
+    """(level, hyper-latent before rounding) of every batch of 8 crops at every level.
+
+    The analysis is the same at every level, only the gain differs, so g_a
+    runs once per batch (the arithmetic of `HyperpriorGMM.analyse`, kept in
+    step with it: the export's tables are counted from these values).
+    """
+    for x in crops.split(8):
+        features = model.g_a(x)
+        for level in range(model.config.levels):
+            gain, _ = model.gains(torch.full((x.shape[0],), float(level)))
+            yield level, model.h_a(features * gain)
 
 
 class HyperpriorCodec(TiledImageCodec):
