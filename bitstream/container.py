@@ -252,7 +252,12 @@ def _parse_header(data: bytes | memoryview, limits: Limits) -> tuple[Container, 
         (key_len,) = h.unpack(_U8, "metadata key length")
         if key_len == 0:
             raise MalformedHeaderError("empty metadata key")
-        key = h.take(key_len, "metadata key").decode("utf-8", errors="replace")
+        try:
+            key = h.take(key_len, "metadata key").decode("utf-8")
+        except UnicodeDecodeError:
+            raise MalformedHeaderError("a metadata key is not UTF-8") from None
+        if key in metadata:  # a writer keeps a dict: a repeated key is no file vqz wrote
+            raise MalformedHeaderError(f"metadata key {key!r} appears twice")
         (value_len,) = h.unpack(_U32, "metadata value length")
         metadata[key] = h.take(value_len, "metadata value")
     (n_chunks,) = h.unpack(_U32, "chunk count")

@@ -172,6 +172,17 @@ def test_absurd_chunk_length_is_truncation_not_allocation():
         parse(bytes(data))
 
 
+@pytest.mark.parametrize("key, message", [(b"icc", "appears twice"), (b"\xff\xfe\xfd", "not UTF-8")])
+def test_metadata_keys_are_utf8_and_distinct(key, message):
+    data = serialize(_sample(metadata={"icc": b"profile", "abc": b"x"}))
+    head_len = PREAMBLE.size + struct.unpack_from("<I", data, 12)[0]
+    forged = data[:head_len].replace(b"\x03abc", b"\x03" + key)  # same length: only the CRC changes
+    assert forged != data[:head_len]
+    forged += struct.pack("<I", zlib.crc32(forged)) + data[head_len + 4 :]
+    with pytest.raises(MalformedHeaderError, match=message):
+        parse(forged)
+
+
 @pytest.mark.parametrize(
     "changes, message",
     [
