@@ -144,6 +144,7 @@ def _hyper_latents_by_level(model: HyperpriorGMM, crops: torch.Tensor):
 class HyperpriorCodec(TiledImageCodec):
     codec_id = CODEC_ID
     description = "learned lossy codec, Gaussian-mixture hyperprior, variable rate"
+    interpolates = True  # gains interpolated between levels
 
     def __init__(self, state: dict, digest: bytes):
         super().__init__(digest)

@@ -31,6 +31,8 @@ class ImageCodec(abc.ABC):
     lossless: bool = False
     #: number of quality levels (1..levels); 0 for codecs without a quality knob
     levels: int = 0
+    #: whether a fractional quality is a rate point of its own (else it rounds down to a level)
+    interpolates: bool = False
 
     @property
     def weights_digest(self) -> bytes:

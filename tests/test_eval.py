@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -56,7 +57,7 @@ def test_eval_outputs_resume_and_schema(image_folder, tmp_path, monkeypatch):
     out = tmp_path / "out"
     sweeps = {"jpeg": [20, 60, 90], "webp": [10, 50, 90]}
     summary = evaluate.evaluate(image_folder, ["jpeg", "webp"], out, sweeps, reference="webp")
-    assert summary["images"] == 2 and summary["skipped"] == ["broken.png"]
+    assert summary["images"] == 2 and summary["skipped"] == ["broken.png (not an image file Pillow can read)"]
     for name in ("jpeg", "webp"):
         doc = json.loads((out / f"{name}.json").read_text())
         assert doc["name"] == name
@@ -75,6 +76,37 @@ def test_eval_outputs_resume_and_schema(image_folder, tmp_path, monkeypatch):
     assert calls == [] and again["codecs"] == summary["codecs"]
 
 
+def test_eval_of_small_grey_and_transparent_images(tmp_path, sample_pixels, monkeypatch):
+    """MS-SSIM is undefined under 161 pixels: null in valid JSON and n/a in the table, the rest still measured."""
+    folder = tmp_path / "small"
+    folder.mkdir()
+    Image.fromarray(sample_pixels[:96, :128]).save(folder / "rgb.png")
+    Image.fromarray(sample_pixels[:96, :128, 0]).save(folder / "grey.png")  # measured as RGB by every codec
+    rgba = np.dstack([sample_pixels[:96, :128], np.full((96, 128), 100, np.uint8)])
+    Image.fromarray(rgba).save(folder / "glass.png")
+    out = tmp_path / "out"
+    summary = evaluate.evaluate(folder, ["jpeg", "webp"], out, {"jpeg": [10, 50, 90], "webp": [10, 50, 90]})
+    assert summary["images"] == 2 and summary["skipped"] == ["glass.png (transparent)"]
+    for name in ("jpeg", "webp", "raw/jpeg_50.json"):
+        text = (out / (name if name.endswith(".json") else f"{name}.json")).read_text()
+        json.loads(text, parse_constant=lambda c: pytest.fail(f"{name}: {c} is not JSON"))
+    res = json.loads((out / "jpeg.json").read_text())["results"]
+    assert res["ms-ssim"] == [None] * 3 and all(p > 20 for p in res["psnr-rgb"])
+    table = (out / "bd.md").read_text()
+    assert re.search(r"\| jpeg \| [+-]\d.* \| n/a \|", table), table  # PSNR's BD measured, MS-SSIM's n/a
+    # a cached result is for the same pixels, not the same name
+    Image.fromarray(sample_pixels[100:196, :128]).save(folder / "rgb.png")
+    calls = []
+    real = evaluate.run_task
+    monkeypatch.setattr(evaluate, "run_task", lambda *a, **k: calls.append(a) or real(*a, **k))
+    evaluate.evaluate(folder, ["jpeg", "webp"], out, {"jpeg": [10, 50, 90], "webp": [10, 50, 90]})
+    assert len(calls) == 6
+    (out / "raw" / "jpeg_50.json").write_text("{damaged")  # a damaged cache entry runs again
+    calls.clear()
+    evaluate.evaluate(folder, ["jpeg", "webp"], out, {"jpeg": [10, 50, 90], "webp": [10, 50, 90]})
+    assert len(calls) == 1
+
+
 def test_eval_cli_errors(image_folder, tmp_path):
     runner = CliRunner()
     r = runner.invoke(cli, ["eval", "images", str(image_folder), "--codecs", "jpeg,nonsense"])
@@ -83,6 +115,33 @@ def test_eval_cli_errors(image_folder, tmp_path):
     empty.mkdir()
     r = runner.invoke(cli, ["eval", "images", str(empty), "--codecs", "jpeg"])
     assert r.exit_code == 2 and "no images" in r.stderr
+    base = ["eval", "images", str(image_folder), "--out", str(tmp_path / "o")]
+    cases = [
+        (["--codecs", ","], "no codec"),
+        (["--codecs", "jpeg,webp", "--qualities", "jpeg=nan,20"], "outside"),
+        (["--codecs", "jpeg,webp", "--qualities", "jpeg=500"], "outside 1..100"),
+        (["--codecs", "jpeg,webp", "--qualities", "jpeg=50.5,60"], "not a whole number"),
+        (["--codecs", "jpeg,webp", "--qualities", "jpg=5,20"], "not among the codecs"),
+        (["--codecs", "jpeg,webp", "--qualities", "jpeg=5", "--qualities", "jpeg=20"], "twice"),
+        (["--codecs", "vqz:lossless-delta,webp", "--qualities", "vqz:lossless-delta=1,2"], "no quality setting"),
+        (["--codecs", "jpeg,jxl"], "--reference webp is not among"),
+        (["--codecs", "jpeg", "--out", str(image_folder)], "must not be the folder"),
+    ]
+    for flags, needle in cases:
+        r = runner.invoke(cli, base + flags)
+        assert r.exit_code == 2 and needle in r.stderr and "Traceback" not in r.output, (flags, r.output)
+        assert len(r.stderr.strip().splitlines()) == 1, r.stderr  # no stray progress-bar label off a terminal
+    assert not (tmp_path / "o" / "raw").exists() or not any((tmp_path / "o" / "raw").iterdir())  # nothing ran
+
+
+def test_eval_and_train_option_ranges_are_one_line(capsys, tmp_path):
+    from codec.cli import run
+
+    for args in (["eval", "images", str(tmp_path), "-j", "0"], ["train", "image", "--batch", "0"]):
+        with pytest.raises(SystemExit) as done:
+            run(args)
+        err = capsys.readouterr().err
+        assert done.value.code == 2 and len(err.strip().splitlines()) == 1 and "range" in err, err
 
 
 def test_bdrate_cli(tmp_path):

@@ -40,8 +40,11 @@ def test_training_resumes_from_its_checkpoint(tmp_path):
     assert curve[0].startswith("minutes,step") and len(curve) == 1 + 2 * 2  # two evaluations x two levels
     assert not list((tmp_path / "run").glob("*.tmp"))
     again = []
-    train(opts, log=again.append)  # already at --steps: says so instead of silently doing nothing
+    before = (tmp_path / "run" / "checkpoint.pt").stat().st_mtime_ns
+    opts.new_schedule = True
+    train(opts, log=again.append)  # already at --steps: says so instead of silently doing nothing...
     assert any("nothing to train" in m for m in again)
+    assert (tmp_path / "run" / "checkpoint.pt").stat().st_mtime_ns == before  # ...and writes nothing
 
 
 def test_training_code_never_names_kodak():
@@ -414,10 +417,19 @@ def test_the_cli_refuses_flags_that_do_not_fit_before_it_writes_anything(tmp_pat
              (["--arch", "vq", "--latent-channels", "256"], "hyperprior-gmm model only"),
              (["--arch", "vq", "--post-filter", "--decoder-only"], "post-filter alone"),
              (["--post-filter", "--freeze-transforms"], "post-filter alone"))  # fmt: skip
+    cases += ((["--crop", "100"], "multiples of 64"), (["--crop", "0"], "--crop"), (["--batch", "0"], "--batch"),
+              (["--device", "bogus"], "unknown device"), (["--device", "cuda"], "no CUDA device"),
+              (["--lr", "-1"], "--lr"), (["--max-minutes", "-1"], "--max-minutes"))  # fmt: skip
     for flags, needle in cases:
+        if flags == ["--device", "cuda"] and torch.cuda.is_available():
+            continue
         r = CliRunner().invoke(cli, base + flags)
         assert r.exit_code == 2 and needle in r.stderr and "Traceback" not in r.output, r.output
         assert not out.exists()  # no committed checkpoint copied into a run that cannot start
+    out.mkdir()
+    (out / "checkpoint.pt").write_bytes(b"not a checkpoint")
+    r = CliRunner().invoke(cli, base + ["--steps", "200000"])
+    assert r.exit_code == 2 and "not a readable checkpoint" in r.stderr and "Traceback" not in r.output, r.output
 
 
 def test_exported_weights_replace_their_manifest_entry(tmp_path, monkeypatch):

@@ -9,13 +9,14 @@ OpenJPEG; imagecodecs: libjxl), so sizes are honest whole-file sizes.
 from __future__ import annotations
 
 import io
+import math
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import numpy as np
 from PIL import Image
 
-from codec.errors import UnknownCodecError
+from codec.errors import InvalidRequestError, UnknownCodecError
 
 
 @dataclass(frozen=True)
@@ -27,6 +28,24 @@ class EvalCodec:
     decode: Callable[[bytes], np.ndarray]
     #: what makes results of this codec stale: library versions, or the weights digest
     fingerprint: str = ""
+    #: the settings it takes (None: it has none), and whether only whole numbers are distinct settings
+    quality_range: tuple[float, float] | None = (0.0, 100.0)
+    whole: bool = True
+
+
+def check_sweep(codec: EvalCodec, sweep: Sequence[float]) -> None:
+    """Refuse a --qualities sweep the codec cannot run as asked, before any work."""
+    where = f"--qualities {codec.name}"
+    if codec.quality_range is None:
+        raise InvalidRequestError(f"{where}: {codec.name} has no quality setting (leave it out of --qualities)")
+    lo, hi = codec.quality_range
+    for q in sweep:
+        if not (math.isfinite(q) and lo <= q <= hi):
+            raise InvalidRequestError(f"{where}: {q:g} is outside {lo:g}..{hi:g}")
+        if codec.whole and q != int(q):
+            raise InvalidRequestError(f"{where}: {q:g} is not a whole number (it would be {int(q)})")
+    if len(set(sweep)) != len(sweep):
+        raise InvalidRequestError(f"{where}: a quality appears twice")
 
 
 def _pil_image(pixels: np.ndarray) -> Image.Image:
@@ -97,6 +116,7 @@ CLASSICAL: dict[str, EvalCodec] = {
             _pil_encoder("JPEG"),
             _pil_decode,
             _pil_version("jpg"),
+            (1.0, 100.0),
         ),
         EvalCodec(
             "webp",
@@ -121,6 +141,8 @@ CLASSICAL: dict[str, EvalCodec] = {
             _jxl_encode,
             _jxl_decode,
             _imagecodecs_version(),
+            (0.0, 25.0),
+            False,
         ),
         EvalCodec(
             "jpeg2000",
@@ -129,6 +151,8 @@ CLASSICAL: dict[str, EvalCodec] = {
             _jpeg2000_encode,
             _pil_decode,
             _pil_version("jpg_2000"),
+            (1.0, 10000.0),
+            False,
         ),
     ]
 }
@@ -157,6 +181,8 @@ def vqz_codec(model: str) -> EvalCodec:
         encode,
         decode,
         f"weights {codec.weights_digest.hex()}",
+        (1.0, float(codec.levels)) if codec.levels else None,
+        not codec.interpolates,
     )
 
 

@@ -30,7 +30,7 @@ class CurvesDoNotOverlapError(VqzError):
 
 def _prepare(rate: Sequence[float], quality: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
     r = np.asarray(rate, dtype=np.float64)
-    q = np.asarray(quality, dtype=np.float64)
+    q = np.asarray([np.nan if v is None else v for v in quality], dtype=np.float64)  # null: undefined here
     keep = np.isfinite(r) & np.isfinite(q) & (r > 0)
     r, q = r[keep], q[keep]
     if r.size < 2:
@@ -78,16 +78,19 @@ def load_results(path: str | Path) -> dict:
             raise KeyError("bpp")
     except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, AttributeError) as exc:
         raise InvalidResultsError(f"{path}: not a results file in CompressAI's schema ({exc})") from None
-    for metric in ("bpp", *QUALITY_METRICS):  # every curve: a list of finite numbers, one per rate point
+    for metric in ("bpp", *QUALITY_METRICS):  # every curve: one finite number per rate point...
         values = results.get(metric, results["bpp"])
+        undefined_ok = metric != "bpp"  # ...or null where a metric is undefined (MS-SSIM of a small image)
         if (
             not isinstance(values, list)
             or len(values) != len(results["bpp"])
-            or not all(type(v) in (int, float) and math.isfinite(v) for v in values)
+            or not all((type(v) in (int, float) and math.isfinite(v)) or (v is None and undefined_ok) for v in values)
         ):
             raise InvalidResultsError(
-                f"{path}: {metric!r} needs one finite number per bpp value ({len(results['bpp'])})"
+                f"{path}: {metric!r} needs one finite number (or null) per bpp value ({len(results['bpp'])})"
             )
+    if not any(m in results for m in QUALITY_METRICS):
+        raise InvalidResultsError(f"{path}: no quality curve ({', '.join(QUALITY_METRICS)})")
     doc.setdefault("name", Path(path).stem)
     if "psnr-rgb" not in results and "psnr" in results:  # CompressAI's older files call it "psnr"
         results["psnr-rgb"] = results["psnr"]
@@ -101,8 +104,9 @@ class InvalidResultsError(VqzError):
 def compare(ref: dict, test: dict, metric: str = "psnr-rgb") -> dict:
     """BD-rate and BD-quality of `test` against `ref` (results dicts), on one metric."""
     r, t = ref["results"], test["results"]
-    if metric not in r or metric not in t:
-        raise InvalidResultsError(f"both results need the metric {metric!r}")
+    for doc in (ref, test):
+        if metric not in doc["results"]:
+            raise InvalidResultsError(f"{doc['name']} has no {metric!r} curve")
     try:
         return {
             "reference": ref["name"],

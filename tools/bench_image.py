@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from bitstream import parse, serialize
+from codec.errors import InvalidRequestError
 from codec.media import Picture, psnr, read_image
 from codec.registry import codec_for, get_codec
 
@@ -42,6 +43,12 @@ def _median_time(fn, repeats: int) -> float:
         fn()
         times.append(time.perf_counter() - t)
     return statistics.median(times)
+
+
+def check_kodak(kodak: Path) -> None:
+    """Refuse a benchmark folder without the PNGs it reads, before any work."""
+    if not kodak.is_dir() or not any(kodak.glob("*.png")):
+        raise InvalidRequestError(f"{kodak}: no .png images there (--kodak names the Kodak folder)")
 
 
 def speed(kodak: Path, images: int, repeats: int, quality: float) -> dict:

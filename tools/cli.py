@@ -21,6 +21,8 @@ def _parse_qualities(values: tuple[str, ...]) -> dict[str, list[float]]:
     out: dict[str, list[float]] = {}
     for v in values:
         name, sep, qs = v.partition("=")
+        if name.strip() in out:
+            raise UserError(f"--qualities names {name.strip()} twice")
         try:
             out[name.strip()] = [float(q) for q in qs.split(",")] if sep else []
         except ValueError:
@@ -28,6 +30,11 @@ def _parse_qualities(values: tuple[str, ...]) -> dict[str, list[float]]:
         if not sep or not out[name.strip()]:
             raise UserError(f"--qualities {v!r}: expected CODEC=Q1,Q2,...")
     return out
+
+
+def _bar(length: int, label: str, **kw):
+    """A progress bar on stderr, on a terminal only (elsewhere click prints its bare label: a stray line)."""
+    return click.progressbar(length=length, label=label, file=sys.stderr, hidden=not sys.stderr.isatty(), **kw)
 
 
 @cli.group(name="eval")
@@ -53,7 +60,7 @@ def eval_group() -> None:
     type=click.Path(exists=True, path_type=Path),
     help="Published results JSON (CompressAI schema) to add to the table and plot.",
 )
-@click.option("-j", "--jobs", default=1, show_default=True, help="Worker processes.")
+@click.option("-j", "--jobs", default=1, show_default=True, type=click.IntRange(min=1), help="Worker processes.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @friendly_errors
 def eval_images(folder, codecs, qualities, out_dir, reference, anchors, jobs, as_json) -> None:
@@ -65,18 +72,14 @@ def eval_images(folder, codecs, qualities, out_dir, reference, anchors, jobs, as
     sweeps = _parse_qualities(qualities)
     resolved = baselines.resolve(names)
     total = sum(len(sweeps.get(c.name, c.qualities)) for c in resolved)
-    with click.progressbar(length=total, label="evaluating", file=sys.stderr) as bar:
+    with _bar(total, "evaluating") as bar:
         summary = evaluate(folder, names, out_dir, sweeps, reference, jobs, anchors, progress=bar.update)
     if as_json:
         click.echo(json.dumps({k: v for k, v in summary.items() if k != "table"}, indent=2))
         return
     click.echo(
-        f"{summary['images']} images"
-        + (
-            f", {len(summary['skipped'])} skipped (unreadable): " + ", ".join(summary["skipped"])
-            if summary["skipped"]
-            else ""
-        )
+        f"{summary['images']} image{'s' if summary['images'] != 1 else ''}"
+        + (f", {len(summary['skipped'])} skipped: " + "; ".join(summary["skipped"]) if summary["skipped"] else "")
     )
     click.echo(summary["table"], nl=False)
     click.echo(f"results in {out_dir}/ (per_image.csv, <codec>.json, bd.md, rd.png)")
@@ -117,12 +120,14 @@ def train() -> None:
     help="Checkpoint folder (default runs/<arch>); training resumes from its checkpoint.pt.",
 )
 @click.option("--steps", default=30000, show_default=True, help="Schedule length (and where training stops).")
-@click.option("--batch", default=8, show_default=True)
-@click.option("--crop", default=128, show_default=True)
-@click.option("--lr", default=6e-4, show_default=True)
+@click.option("--batch", default=8, show_default=True, type=click.IntRange(min=1))
+@click.option("--crop", default=128, show_default=True, type=click.IntRange(min=64), help="A multiple of 64.")
+@click.option("--lr", default=6e-4, show_default=True, type=click.FloatRange(min=0, min_open=True))
 @click.option("--device", default="cpu", show_default=True)
-@click.option("--threads", default=0, help="Torch threads (0: default).")
-@click.option("--max-minutes", default=0.0, help="Stop (with a checkpoint) after this long.")
+@click.option("--threads", default=0, type=click.IntRange(min=0), help="Torch threads (0: default).")
+@click.option(
+    "--max-minutes", default=0.0, type=click.FloatRange(min=0), help="Stop (with a checkpoint) after this long."
+)
 @click.option("--arch", type=click.Choice(["hyperprior-gmm", "vq"]), default="hyperprior-gmm", show_default=True)
 @click.option(
     "--new-schedule", is_flag=True, help="Restart warm-up and cosine decay from the checkpoint's step (up to --steps)."
@@ -160,6 +165,7 @@ def train() -> None:
 @click.option(
     "--latent-channels",
     default=0,
+    type=click.IntRange(min=0),
     help="hyperprior-gmm latent width M (0: the model's); above the checkpoint's, the trained model is widened.",
 )
 @click.option(
@@ -222,13 +228,20 @@ def train_image(
     )
     check_options(opts)
     out_dir.mkdir(parents=True, exist_ok=True)
-    seed_from_committed(out_dir, arch, log=lambda m: click.echo(m, err=True))
-    with click.progressbar(length=steps, label="training", file=sys.stderr, item_show_func=lambda text: text) as bar:
+    if not init_from:  # a run that names its start does not take the committed checkpoint's
+        seed_from_committed(out_dir, arch, log=lambda m: click.echo(m, err=True))
+    bars: list = []  # made at the first step, so that it counts this run's steps, not the checkpoint's
 
-        def progress(step: int, summary: str) -> None:
-            bar.update(step - bar.pos, current_item=summary)
+    def progress(step: int, summary: str) -> None:
+        if not bars:
+            bars.append(_bar(steps - step + 1, "training", item_show_func=lambda text: text).__enter__())
+        bars[0].update(1, current_item=summary)
 
+    try:
         checkpoint = run(opts, log=lambda m: click.echo(m, err=True), progress=progress)
+    finally:
+        if bars:
+            bars[0].__exit__(None, None, None)
     if export:
         from tools.export_weights import export as export_gmm
         from tools.export_weights import export_vq
@@ -243,9 +256,10 @@ def bench() -> None:
 
 @bench.command(name="entropy")
 @click.option("--json", "as_json", is_flag=True)
-@click.option("--symbols", default=10**6, show_default=True)
-@click.option("--repeats", default=5, show_default=True)
+@click.option("--symbols", default=10**6, show_default=True, type=click.IntRange(min=1))
+@click.option("--repeats", default=5, show_default=True, type=click.IntRange(min=1))
 @click.pass_context
+@friendly_errors
 def bench_entropy(ctx, as_json, symbols, repeats) -> None:
     """Entropy layer: coded size over the ideal, throughput."""
     from tools.bench_entropy import main as run
@@ -257,14 +271,17 @@ def bench_entropy(ctx, as_json, symbols, repeats) -> None:
 @click.option(
     "--kodak", type=click.Path(path_type=Path), default=None, help="Kodak folder (default ../shared/data/kodak)."
 )
-@click.option("--images", default=24, show_default=True)
-@click.option("--repeats", default=5, show_default=True)
+@click.option("--images", default=24, show_default=True, type=click.IntRange(min=1))
+@click.option("--repeats", default=5, show_default=True, type=click.IntRange(min=1))
 @click.option("--quality", type=float, default=None, help="Default: the model's default quality.")
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
+@friendly_errors
 def bench_image_speed(ctx, kodak, images, repeats, quality, as_json) -> None:
     """Encode/decode time per Kodak image against CompressAI's ScaleHyperprior."""
     from tools import bench_image
+
+    bench_image.check_kodak(kodak or bench_image.KODAK)
 
     ctx.invoke(
         bench_image.speed_command,
@@ -281,11 +298,16 @@ def bench_image_speed(ctx, kodak, images, repeats, quality, as_json) -> None:
     "--kodak", type=click.Path(path_type=Path), default=None, help="Kodak folder (default ../shared/data/kodak)."
 )
 @click.option("--quality", type=float, default=None, help="Default: the model's default quality.")
-@click.option("--size", default=8000, show_default=True, help="Side of the memory test image.")
+@click.option(
+    "--size", default=8000, show_default=True, type=click.IntRange(min=64), help="Side of the memory test image."
+)
 @click.pass_context
+@friendly_errors
 def bench_tiles(ctx, kodak, quality, size) -> None:
     """Seam cost of tiling (2000x2000) and peak memory (8000x8000)."""
     from tools import bench_image
+
+    bench_image.check_kodak(kodak or bench_image.KODAK)
 
     ctx.invoke(bench_image.tiles_command, kodak=kodak or bench_image.KODAK, quality=quality, size=size, as_json=True)
 
@@ -294,7 +316,7 @@ def bench_tiles(ctx, kodak, quality, size) -> None:
 @click.option(
     "--kodak", type=click.Path(path_type=Path), default=None, help="Kodak folder (default ../shared/data/kodak)."
 )
-@click.option("--repeats", default=5, show_default=True)
+@click.option("--repeats", default=5, show_default=True, type=click.IntRange(min=1))
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
 @friendly_errors

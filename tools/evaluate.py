@@ -15,6 +15,7 @@ the reference codec) and rd.png (the RD plot).
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 import math
@@ -33,7 +34,7 @@ from codec.errors import InvalidRequestError
 from codec.fileio import atomic_write
 from codec.media import psnr, read_image
 from tools import baselines
-from tools.bdrate import CurvesDoNotOverlapError, compare, load_results
+from tools.bdrate import CurvesDoNotOverlapError, InvalidResultsError, compare, load_results
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm"}
 METRICS = ("bpp", "psnr-rgb", "ms-ssim", "ms-ssim-db", "encoding_time", "decoding_time")
@@ -73,14 +74,34 @@ def list_images(folder: Path) -> list[Path]:
 
 
 def load_images(paths: Sequence[Path]) -> tuple[dict[str, np.ndarray], list[str]]:
-    """Readable images by name (opaque alpha dropped), and the names that could not be read."""
+    """Readable images by name, as RGB, and the others as "name (why)".
+
+    Every codec is measured on the same RGB pixels: grey is repeated (WebP,
+    for one, has no grey mode, and PSNR-RGB is defined on three channels),
+    opaque alpha is dropped; transparency has no place in a lossy RD curve.
+    """
     good, skipped = {}, []
     for p in paths:
         try:
-            good[p.name] = read_image(p).without_opaque_alpha().pixels
-        except (VqzError, OSError):
-            skipped.append(p.name)
+            pixels = read_image(p).without_opaque_alpha().pixels
+        except (VqzError, OSError) as exc:
+            skipped.append(f"{p.name} ({str(exc).removeprefix(f'{p}: ')})")
+            continue
+        if pixels.shape[2] == 4:
+            skipped.append(f"{p.name} (transparent)")
+        else:
+            good[p.name] = np.repeat(pixels, 3, axis=2) if pixels.shape[2] == 1 else pixels
     return good, skipped
+
+
+def _digests(images: dict[str, np.ndarray]) -> dict[str, str]:
+    """Content digests: a cached result is reused only for the very same pixels, not the same file name."""
+    return {n: hashlib.sha256(f"{a.shape}".encode() + a.tobytes()).hexdigest()[:16] for n, a in images.items()}
+
+
+def _finite(v: float) -> float | None:
+    """JSON has no NaN: an undefined metric (MS-SSIM of a small image, PSNR of an exact copy) is null."""
+    return v if math.isfinite(v) else None
 
 
 def run_task(task: Task, images: dict[str, np.ndarray], threads: int = 0) -> list[dict]:
@@ -107,9 +128,9 @@ def run_task(task: Task, images: dict[str, np.ndarray], threads: int = 0) -> lis
                 "image": name,
                 "bytes": len(data),
                 "bpp": 8 * len(data) / (pixels.shape[0] * pixels.shape[1]),
-                "psnr-rgb": psnr(pixels, decoded),
-                "ms-ssim": m,
-                "ms-ssim-db": -10 * math.log10(1 - m) if m < 1 else float("nan"),
+                "psnr-rgb": _finite(psnr(pixels, decoded)),
+                "ms-ssim": _finite(m),
+                "ms-ssim-db": _finite(-10 * math.log10(1 - m)) if m < 1 else None,
                 "encoding_time": t1 - t0,
                 "decoding_time": t2 - t1,
             }
@@ -117,8 +138,17 @@ def run_task(task: Task, images: dict[str, np.ndarray], threads: int = 0) -> lis
     return rows
 
 
+def _cached(path: Path) -> dict | None:
+    """A saved task's results, or None where there are none or they are damaged (then it runs again)."""
+    try:
+        saved = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return saved if isinstance(saved, dict) and isinstance(saved.get("rows"), list) else None
+
+
 def _atomic_json(path: Path, obj) -> None:
-    atomic_write(path, (json.dumps(obj, indent=2) + "\n").encode(), force=True)
+    atomic_write(path, (json.dumps(obj, indent=2, allow_nan=False) + "\n").encode(), force=True)
 
 
 def summarise(codec: baselines.EvalCodec, rows: list[dict]) -> dict:
@@ -128,10 +158,10 @@ def summarise(codec: baselines.EvalCodec, rows: list[dict]) -> dict:
         by_quality.setdefault(r["quality"], []).append(r)
     points = []
     for q, rs in by_quality.items():
-        mean = {
-            m: float(np.nanmean([r[m] for r in rs])) if any(np.isfinite(r[m]) for r in rs) else float("nan")
-            for m in METRICS
-        }
+        mean = {}
+        for m in METRICS:  # a metric undefined for any image is undefined for the average
+            values = [r[m] for r in rs]
+            mean[m] = float(np.mean(values)) if all(v is not None for v in values) else None
         points.append((mean, q))
     points.sort(key=lambda p: p[0]["bpp"])
     results = {m: [p[0][m] for p in points] for m in METRICS}
@@ -145,9 +175,9 @@ def summarise(codec: baselines.EvalCodec, rows: list[dict]) -> dict:
     }
 
 
-def _signed(v: float | None, unit: str = "%") -> str:
-    """A BD figure for a table cell; None where the curves do not overlap."""
-    return "no overlap" if v is None else f"{v:+.1f}{unit}"
+def _signed(v: float | str, unit: str = "%") -> str:
+    """A BD figure for a table cell, or why there is none."""
+    return v if isinstance(v, str) else f"{v:+.1f}{unit}"
 
 
 def bd_table(results: list[dict], reference: str) -> tuple[str, list[dict]]:
@@ -168,8 +198,10 @@ def bd_table(results: list[dict], reference: str) -> tuple[str, list[dict]]:
             try:
                 c = compare(ref, r, metric)
                 row[f"bd_rate_{key}"], row[f"bd_{key}"] = c["bd_rate_pct"], c["bd_quality"]
-            except (CurvesDoNotOverlapError, ValueError):
-                row[f"bd_rate_{key}"] = row[f"bd_{key}"] = None
+            except CurvesDoNotOverlapError:
+                row[f"bd_rate_{key}"] = row[f"bd_{key}"] = "no overlap"
+            except InvalidResultsError:  # one point, a metric undefined here, a curve not monotonic
+                row[f"bd_rate_{key}"] = row[f"bd_{key}"] = "n/a"
         rows.append(row)
 
         bpp = r["results"]["bpp"]
@@ -221,31 +253,40 @@ def evaluate(
 ) -> dict:
     """Run (or resume) an evaluation; returns the summary that is also written to OUTDIR."""
     codecs = baselines.resolve(codec_names)
+    if not codecs:
+        raise InvalidRequestError("no codec to evaluate (--codecs is empty)")
+    qualities = qualities or {}
+    for name, sweep in qualities.items():  # every setting checked before any work
+        codec = next((c for c in codecs if c.name == name), None)
+        if codec is None:
+            raise InvalidRequestError(f"--qualities names {name}, which is not among the codecs evaluated")
+        baselines.check_sweep(codec, sweep)
     anchor_results = [load_results(a) | {"anchor": True} for a in anchors]
+    names = [c.name for c in codecs] + [a["name"] for a in anchor_results]
+    if len(names) > 1 and reference not in names:
+        raise InvalidRequestError(f"--reference {reference} is not among the codecs evaluated ({', '.join(names)})")
+    if out_dir.resolve() == folder.resolve():
+        raise InvalidRequestError("--out must not be the folder of images (its plot would become one of them)")
     images, skipped = load_images(list_images(folder))
     if not images:
         raise InvalidRequestError(f"none of the images in {folder} could be read")
     raw = out_dir / "raw"
     raw.mkdir(parents=True, exist_ok=True)
-    qualities = qualities or {}
     tasks = [Task(c.name, float(q)) for c in codecs for q in qualities.get(c.name, c.qualities)]
     # what the results depend on: the codec's settings (its description) and library versions / weights
     fingerprints = {c.name: f"{c.description}; {c.fingerprint}" for c in codecs}
+    digests = _digests(images)
     done: dict[Task, list[dict]] = {}
-    for t in tasks:  # resume: reuse results of the same images, made by the same library / weights
-        f = raw / f"{t.key}.json"
-        if f.exists():
-            saved = json.loads(f.read_text())
-            if sorted(saved["images"]) == sorted(images) and saved.get("fingerprint") == fingerprints[t.codec]:
-                done[t] = saved["rows"]
+    for t in tasks:  # resume: reuse results of the same pixels, made by the same library / weights
+        saved = _cached(raw / f"{t.key}.json")
+        if saved and saved.get("images") == digests and saved.get("fingerprint") == fingerprints[t.codec]:
+            done[t] = saved["rows"]
     todo = [t for t in tasks if t not in done]
     if progress:
         progress(len(tasks) - len(todo))
 
     def finish(t: Task, rows: list[dict]) -> None:
-        _atomic_json(
-            raw / f"{t.key}.json", {"images": sorted(images), "fingerprint": fingerprints[t.codec], "rows": rows}
-        )
+        _atomic_json(raw / f"{t.key}.json", {"images": digests, "fingerprint": fingerprints[t.codec], "rows": rows})
         done[t] = rows
         if progress:
             progress(1)

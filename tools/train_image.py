@@ -35,6 +35,7 @@ from bitstream.errors import VqzError
 from codec.fileio import atomic_write
 from codec.models.hyperprior import HyperpriorConfig, HyperpriorGMM, mixture_likelihood
 from codec.models.vq_image import RATE_LADDER, VQImageConfig, VQImageModel
+from codec.tiled import torch_device
 
 TRAIN_DIRS = ("bsds500/train", "bsds500/val", "sun_hays80")
 
@@ -456,6 +457,17 @@ def seed_from_committed(out_dir: Path, arch: str, log=print) -> None:
     log(f"continuing from the committed checkpoint {committed}")
 
 
+def _load_checkpoint(path: Path, device: torch.device) -> dict:
+    """A checkpoint or weights file, or one line saying why it cannot be one."""
+    try:
+        state = torch.load(path, map_location=device, weights_only=False)
+    except Exception as exc:  # torch raises many types for a damaged or foreign file
+        raise TrainingError(f"{path}: not a readable checkpoint ({type(exc).__name__})") from None
+    if not isinstance(state, dict):
+        raise TrainingError(f"{path}: not a checkpoint (a {type(state).__name__})")
+    return state
+
+
 def _atomic_save(obj: object, path: Path) -> None:
     buf = io.BytesIO()
     torch.save(obj, buf)
@@ -519,7 +531,7 @@ def load_transforms(model: torch.nn.Module, weights: Path) -> int:
     from trained ones instead of random ones: on two cores that saves hours.
     Returns the number of tensors copied; shapes must match.
     """
-    source = torch.load(weights, map_location="cpu", weights_only=False)["model"]
+    source = _load_checkpoint(weights, torch.device("cpu")).get("model") or {}
     own = model.state_dict()
     picked = {k: v for k, v in source.items() if k.split(".")[0] in ("g_a", "g_s") and k in own}
     wrong = [k for k, v in picked.items() if v.shape != own[k].shape]
@@ -550,6 +562,9 @@ def check_options(opts: TrainOptions) -> None:
         raise TrainingError("--entropy-only trains the hyper-synthesis alone: drop the other training-mode flags")
     if opts.decoder_only and (opts.freeze_transforms or opts.freeze_level_maps):
         raise TrainingError("--decoder-only chooses the trained parts itself: drop the --freeze-... flags")
+    if opts.crop < 64 or opts.crop % 64:
+        raise TrainingError(f"--crop {opts.crop}: crops are whole multiples of 64 (the coarsest latents' grid)")
+    torch_device(opts.device)  # an unknown device, or cuda without one: refused before anything is read
 
 
 def train(opts: TrainOptions, log=print, progress=None) -> Path:
@@ -569,12 +584,12 @@ def train(opts: TrainOptions, log=print, progress=None) -> Path:
     torch.manual_seed(opts.seed)
     generator = torch.Generator().manual_seed(opts.seed)
     arch = ARCHITECTURES[opts.arch]
-    state = torch.load(ckpt_path, map_location=device, weights_only=False) if ckpt_path.exists() else None
+    state = _load_checkpoint(ckpt_path, device) if ckpt_path.exists() else None
     config = opts.config or arch.config_type()
     if state is None and opts.init_from:
         # A new run takes the widths of the transforms it starts from (e.g. a VQ run
         # from the shipped hyperprior, whose latent was widened to 192 channels).
-        source = torch.load(opts.init_from, map_location="cpu", weights_only=False).get("config") or {}
+        source = _load_checkpoint(opts.init_from, torch.device("cpu")).get("config") or {}
         widths = {k: source[k] for k in ("channels", "latent_channels") if k in source}
         config = dataclasses.replace(config, **widths)
     # A model with a post-filter keeps it; --post-filter gives one to a model that has none.
@@ -671,6 +686,9 @@ def train(opts: TrainOptions, log=print, progress=None) -> Path:
     elif opts.init_from:
         log(f"transforms from {opts.init_from}: {load_transforms(model, opts.init_from)} tensors")
 
+    if state is not None and step >= opts.steps:  # before any photo is read or any file written
+        log(f"already at step {step}, not below --steps {opts.steps}: nothing to train (raise --steps to go on)")
+        return ckpt_path
     if opts.post_filter and state is None:
         raise TrainingError("--post-filter trains a filter for a trained model: resume a run or a committed one")
     if opts.entropy_only and state is None:
@@ -680,6 +698,8 @@ def train(opts: TrainOptions, log=print, progress=None) -> Path:
     if opts.decoder_only and opts.arch == "vq" and not bool(model.quantisers[0].initialised):
         raise TrainingError("--decoder-only fine-tunes a trained vq model: resume a run or start from a committed one")
     images = load_training_images(opts.data_root, opts.crop)
+    if not images:
+        raise TrainingError(f"no training photo under {opts.data_root} is {opts.crop} pixels on its short side")
     holdout = load_holdout(opts.data_root)
     if widened_from:
         calibrate_new_channels(
