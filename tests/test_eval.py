@@ -148,13 +148,16 @@ def test_bdrate_cli(tmp_path):
     ref = {"name": "ref", "results": {"bpp": RATE, "psnr-rgb": PSNR}}
     test = {"name": "test", "results": {"bpp": [0.8 * r for r in RATE], "psnr-rgb": PSNR}}
     far = {"name": "far", "results": {"bpp": RATE, "psnr-rgb": [p + 30 for p in PSNR]}}
-    for name, doc in (("ref", ref), ("test", test), ("far", far)):
+    apart = {"name": "apart", "results": {"bpp": [100 * r for r in RATE], "psnr-rgb": [p + 30 for p in PSNR]}}
+    for name, doc in (("ref", ref), ("test", test), ("far", far), ("apart", apart)):
         (tmp_path / f"{name}.json").write_text(json.dumps(doc))
     runner = CliRunner()
     r = runner.invoke(cli, ["bdrate", str(tmp_path / "ref.json"), str(tmp_path / "test.json")])
     assert r.exit_code == 0 and "-20.00%" in r.output
     r = runner.invoke(cli, ["bdrate", str(tmp_path / "ref.json"), str(tmp_path / "far.json")])
-    assert r.exit_code == 2 and "do not overlap" in r.stderr
+    assert r.exit_code == 0 and "BD-rate no overlap in quality, BD-quality +30.000" in r.output  # same rates
+    r = runner.invoke(cli, ["bdrate", str(tmp_path / "ref.json"), str(tmp_path / "apart.json")])
+    assert r.exit_code == 2 and "do not overlap" in r.stderr and "[0.1, 2] vs [10, 200]" in r.stderr, r.stderr
     (tmp_path / "bad.json").write_text("{}")
     r = runner.invoke(cli, ["bdrate", str(tmp_path / "ref.json"), str(tmp_path / "bad.json")])
     assert r.exit_code == 2 and "schema" in r.stderr

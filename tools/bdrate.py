@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
-from scipy.interpolate import PchipInterpolator
 
 from bitstream.errors import VqzError
 
@@ -46,9 +45,13 @@ def _average_difference(x1, y1, x2, y2, what: str) -> float:
             raise ValueError(f"a curve is not monotonic in {what}")
     lo, hi = max(x1[0], x2[0]), min(x1[-1], x2[-1])
     if not hi > lo:
+        shown = np.exp if what == "rate" else float  # rates are integrated in log-bpp, shown in bpp
         raise CurvesDoNotOverlapError(
-            f"the curves do not overlap in {what} ([{x1[0]:.3g}, {x1[-1]:.3g}] vs [{x2[0]:.3g}, {x2[-1]:.3g}])"
+            f"the curves do not overlap in {what} ([{shown(x1[0]):.3g}, {shown(x1[-1]):.3g}] "
+            f"vs [{shown(x2[0]):.3g}, {shown(x2[-1]):.3g}])"
         )
+    from scipy.interpolate import PchipInterpolator  # here: `vqz` imports this module to list the metrics
+
     i1 = PchipInterpolator(x1, y1).integrate(lo, hi)
     i2 = PchipInterpolator(x2, y2).integrate(lo, hi)
     return float((i2 - i1) / (hi - lo))
@@ -107,13 +110,16 @@ def compare(ref: dict, test: dict, metric: str = "psnr-rgb") -> dict:
     for doc in (ref, test):
         if metric not in doc["results"]:
             raise InvalidResultsError(f"{doc['name']} has no {metric!r} curve")
-    try:
-        return {
-            "reference": ref["name"],
-            "test": test["name"],
-            "metric": metric,
-            "bd_rate_pct": bd_rate(r["bpp"], r[metric], t["bpp"], t[metric]),
-            "bd_quality": bd_quality(r["bpp"], r[metric], t["bpp"], t[metric]),
-        }
-    except ValueError as exc:  # too few points, or a curve that is not monotonic
-        raise InvalidResultsError(f"{ref['name']} vs {test['name']}: {exc}") from None
+    out = {"reference": ref["name"], "test": test["name"], "metric": metric}
+    missing = []
+    for key, delta in (("bd_rate_pct", bd_rate), ("bd_quality", bd_quality)):
+        try:
+            out[key] = delta(r["bpp"], r[metric], t["bpp"], t[metric])
+        except CurvesDoNotOverlapError as exc:  # the curves may share a quality range and not a rate one
+            out[key] = None
+            missing.append(str(exc))
+        except ValueError as exc:  # too few points, or a curve that is not monotonic
+            raise InvalidResultsError(f"{ref['name']} vs {test['name']}: {exc}") from None
+    if len(missing) == 2:
+        raise CurvesDoNotOverlapError(f"{ref['name']} vs {test['name']}: " + "; ".join(missing))
+    return out

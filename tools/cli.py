@@ -14,6 +14,7 @@ from pathlib import Path
 import click
 
 from codec.cli import UserError, cli, friendly_errors, run
+from tools.bdrate import QUALITY_METRICS
 from tools.options import data_root_option
 
 
@@ -88,7 +89,7 @@ def eval_images(folder, codecs, qualities, out_dir, reference, anchors, jobs, as
 @cli.command()
 @click.argument("reference", type=click.Path(exists=True, path_type=Path))
 @click.argument("test", type=click.Path(exists=True, path_type=Path))
-@click.option("--metric", default="psnr-rgb", show_default=True, help="psnr-rgb, ms-ssim-db, ...")
+@click.option("--metric", default="psnr-rgb", show_default=True, type=click.Choice(QUALITY_METRICS))
 @click.option("--json", "as_json", is_flag=True)
 @friendly_errors
 def bdrate(reference, test, metric, as_json) -> None:
@@ -99,10 +100,9 @@ def bdrate(reference, test, metric, as_json) -> None:
     if as_json:
         click.echo(json.dumps(r, indent=2))
         return
-    click.echo(
-        f"{r['test']} vs {r['reference']} ({metric}): BD-rate {r['bd_rate_pct']:+.2f}%, "
-        f"BD-quality {r['bd_quality']:+.3f}"
-    )
+    rate = "no overlap in quality" if r["bd_rate_pct"] is None else f"{r['bd_rate_pct']:+.2f}%"
+    quality = "no overlap in rate" if r["bd_quality"] is None else f"{r['bd_quality']:+.3f}"
+    click.echo(f"{r['test']} vs {r['reference']} ({metric}): BD-rate {rate}, BD-quality {quality}")
 
 
 @cli.group()

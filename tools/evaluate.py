@@ -111,6 +111,8 @@ def run_task(task: Task, images: dict[str, np.ndarray], threads: int = 0) -> lis
 
         torch.set_num_threads(threads)
     codec = baselines.resolve([task.codec])[0]
+    first = next(iter(images.values()))
+    codec.decode(codec.encode(first, task.quality))  # untimed: loading weights, compiling kernels, warming caches
     rows = []
     for name, pixels in images.items():
         t0 = time.perf_counter()
@@ -197,7 +199,8 @@ def bd_table(results: list[dict], reference: str) -> tuple[str, list[dict]]:
         for metric, key in (("psnr-rgb", "psnr"), ("ms-ssim-db", "msssim")):
             try:
                 c = compare(ref, r, metric)
-                row[f"bd_rate_{key}"], row[f"bd_{key}"] = c["bd_rate_pct"], c["bd_quality"]
+                row[f"bd_rate_{key}"] = "no overlap" if c["bd_rate_pct"] is None else c["bd_rate_pct"]
+                row[f"bd_{key}"] = "no overlap" if c["bd_quality"] is None else c["bd_quality"]
             except CurvesDoNotOverlapError:
                 row[f"bd_rate_{key}"] = row[f"bd_{key}"] = "no overlap"
             except InvalidResultsError:  # one point, a metric undefined here, a curve not monotonic
