@@ -19,7 +19,7 @@ import click
 
 from bitstream import ChunkKind, Container, ImageInfo, VqzError, parse, serialize
 from codec import registry
-from codec.fileio import atomic_write
+from codec.fileio import atomic_write, read_input
 from codec.media import image_bytes, output_format, psnr, read_image
 
 EXIT_BAD_INPUT = 2
@@ -198,7 +198,7 @@ def decode(inputs, output, device, force) -> None:
     formats = [output_format(out) for out in outputs]
     with _ProgressBar(len(inputs), "decoding") as bar:
         for index, (path, out, fmt) in enumerate(zip(inputs, outputs, formats)):
-            container = parse(Path(path).read_bytes())
+            container = parse(read_input(path))
             codec = registry.codec_for(container)
             picture = codec.decode([container], device=device, progress=bar.for_input(index))[0]
             atomic_write(out, image_bytes(picture, fmt), force=force)
@@ -247,7 +247,7 @@ def describe(container: Container, size: int) -> dict:
 @friendly_errors
 def info(file: Path, as_json: bool) -> None:
     """Show the header of a .vqz file (every checksum is verified)."""
-    data = Path(file).read_bytes()
+    data = read_input(file)
     d = describe(parse(data), len(data))
     if as_json:
         click.echo(json.dumps(d, indent=2))

@@ -3,10 +3,20 @@
 from __future__ import annotations
 
 import os
+import stat
 import tempfile
 from pathlib import Path
 
 from codec.errors import InvalidRequestError
+
+
+def read_input(path: str | os.PathLike) -> bytes:
+    """The bytes of an input file; a device (/dev/zero, a disk) is refused rather than read without end."""
+    mode = os.stat(path).st_mode  # a missing file raises the usual OSError, with its name
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        raise InvalidRequestError(f"{os.fspath(path)}: is a device, not a file")
+    with open(path, "rb") as f:  # regular files, and pipes (`vqz decode /dev/stdin`)
+        return f.read()
 
 
 def _umask() -> int:

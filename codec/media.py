@@ -24,6 +24,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from bitstream import ImageInfo, Limits
 from codec.errors import InvalidRequestError, UnsupportedMediaError
+from codec.fileio import read_input
 
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _EXIF_ORIENTATION = 0x0112
@@ -188,8 +189,9 @@ def _exact_mode(im: Image.Image) -> Image.Image:
 def read_image(path: str | os.PathLike, limits: Limits = Limits()) -> Picture:
     """`load_image` of a file; a file that cannot be read is an `UnsupportedMediaError` too."""
     try:
-        with open(path, "rb") as f:
-            data = f.read()
+        data = read_input(path)
+    except InvalidRequestError as exc:
+        raise UnsupportedMediaError(str(exc)) from None
     except OSError as exc:
         raise UnsupportedMediaError(f"{os.fspath(path)}: {exc.strerror or exc}") from None
     return load_image(data, os.fspath(path), limits)

@@ -180,6 +180,9 @@ def test_a_file_declaring_more_pixels_than_it_codes_is_refused(runner, tmp_path,
 
 def test_folders_and_self_overwrites_are_refused(runner, tmp_path):
     _bad(runner.invoke(cli, ["decode", "."]), "is a folder")
+    out = ["-o", str(tmp_path / "z")]
+    for args in (["info", "/dev/zero"], ["decode", "/dev/zero", *out], ["encode", "/dev/zero", *out]):
+        _bad(runner.invoke(cli, args), "is a device")  # once read without end
     _bad(runner.invoke(cli, ["encode", str(tmp_path)]), "is a folder")
     src = tmp_path / "p.png"
     shutil.copy(SAMPLE, src)

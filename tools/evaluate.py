@@ -36,7 +36,7 @@ from codec.media import psnr, read_image
 from tools import baselines
 from tools.bdrate import CurvesDoNotOverlapError, InvalidResultsError, compare, load_results
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pnm", ".gif", ".jp2", ".avif"}
+IMAGE_SUFFIXES = set(".png .jpg .jpeg .bmp .tif .tiff .webp .ppm .pgm .pnm .gif .jp2 .avif".split())
 METRICS = ("bpp", "psnr-rgb", "ms-ssim", "ms-ssim-db", "encoding_time", "decoding_time")
 
 
