@@ -63,6 +63,12 @@ def cli(debug: bool) -> None:
     """
 
 
+def progress_bar(length: int, label: str, **kw):
+    """A click progress bar on stderr, shown on a terminal only (elsewhere click would print its bare label,
+    a stray line before any error message)."""
+    return click.progressbar(length=length, label=label, file=sys.stderr, hidden=not sys.stderr.isatty(), **kw)
+
+
 class _ProgressBar:
     """One bar on stderr over all inputs, advanced tile by tile within each.
 
@@ -104,8 +110,7 @@ class _ProgressBar:
             if self.bar is None:
                 if not sys.stderr.isatty() or (self.count < 2 and total < 2):
                     return
-                self.bar = click.progressbar(length=self.count * self.STEPS, label=self.label, file=sys.stderr)
-                self.bar.__enter__()
+                self.bar = progress_bar(self.count * self.STEPS, self.label).__enter__()
             position = index * self.STEPS + self.STEPS * done // total
             self.bar.update(position - self.position)
             self.position = position

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 import tempfile
@@ -64,13 +65,20 @@ def _link_new(tmp: str, target: Path) -> None:
     """Give the finished file its name only if that name is still free (no clobbering in a race).
 
     A hard link fails if the name exists, atomically; where a file system
-    has no hard links, the earlier check stands and the file is renamed.
+    has no hard links, the earlier check stands and the file is renamed
+    (a file made in between would then be replaced).
     """
     try:
         os.link(tmp, target)
     except FileExistsError:
         raise InvalidRequestError(f"{target} exists (use --force to overwrite)") from None
-    except OSError:
+    except OSError as exc:
+        if exc.errno not in NO_HARD_LINKS:
+            raise
         os.replace(tmp, target)
         return
     os.unlink(tmp)
+
+
+#: what os.link says on a file system without hard links (FAT, exFAT, some network and FUSE ones)
+NO_HARD_LINKS = {errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENOSYS, errno.EMLINK}

@@ -128,17 +128,11 @@ def hyper_head(model: HyperpriorGMM, crops: torch.Tensor) -> dict:
 
 @torch.no_grad()
 def _hyper_latents_by_level(model: HyperpriorGMM, crops: torch.Tensor):
-    """(level, hyper-latent before rounding) of every batch of 8 crops at every level.
-
-    The analysis is the same at every level, only the gain differs, so g_a
-    runs once per batch (the arithmetic of `HyperpriorGMM.analyse`, kept in
-    step with it: the export's tables are counted from these values).
-    """
+    """(level, hyper-latent before rounding) of every batch of 8 crops at every level (g_a once per batch)."""
     for x in crops.split(8):
         features = model.g_a(x)
         for level in range(model.config.levels):
-            gain, _ = model.gains(torch.full((x.shape[0],), float(level)))
-            yield level, model.h_a(features * gain)
+            yield level, model.latents(features, torch.full((x.shape[0],), float(level)))[1]
 
 
 class HyperpriorCodec(TiledImageCodec):

@@ -123,6 +123,8 @@ class TiledImageCodec(ImageCodec):
     def _quality(self, quality: float | None) -> float:
         """The quality the header stores (float32-exact, so both sides agree), checked."""
         try:
+            if isinstance(quality, (str, bytes)):  # "3" would pass float(); "high" would not: neither is a number
+                raise TypeError
             q = self.default_quality if quality is None else float(quality)
         except (TypeError, ValueError):
             raise InvalidRequestError(f"quality must be a number, not {quality!r}") from None

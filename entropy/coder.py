@@ -30,12 +30,16 @@ _RAW16 = constriction.stream.model.Uniform(1 << 16)
 # A decoder refuses a stream that is too short for what it decoded: constriction's range decoder
 # reads zeros past the end of its data and never says so, so a file whose declared size was
 # enlarged, or whose streams were emptied, would otherwise decode to garbage. Each decoded
-# symbol costs the coder at least -log2(q) bits, q being constriction's quantised probability
-# (24-bit, leaky: within a unit or two of 2^-24 of p, for a table p that sums to 1 up to float32
-# rounding); so the symbols' summed cost under min(1, SPEND_MARGIN * p + MIN_PROBABILITY)
-# never exceeds the stream's bits plus the coder's final state (at most two words:
-# STREAM_SLACK_BITS) for any stream an Encoder wrote (tests/test_entropy.py checks it on
-# thousands of random streams; the largest excess seen was -1 bit).
+# symbol costs the coder at least -log2(q) bits, q being constriction's quantised probability:
+# 24-bit and leaky, so q is within a few units of 2^-24 of p (for a table p that sums to 1 up to
+# float32 rounding), and no symbol of an n-entry table gets more than 1 - (n - 1) 2^-24, the
+# others keeping a unit each. So the symbols' summed cost under
+# min(1 - (n - 1) 2^-24, SPEND_MARGIN * p + MIN_PROBABILITY) never exceeds the stream's bits
+# plus the coder's final state (one word; STREAM_SLACK_BITS allows four) for any stream an
+# Encoder wrote: tests/test_entropy.py checks the bound without the slack on long, skewed
+# streams. This bounds what a stream can decode by what its bytes could have coded: even the
+# most probable symbol of a table costs something, so an empty stream cannot stand for
+# millions of symbols (a flat 4096 x 4096 plane coded by lossless-delta needs about 46 bytes).
 SPEND_MARGIN = 1.01
 MIN_PROBABILITY = 2.0**-20
 STREAM_SLACK_BITS = 128
@@ -62,10 +66,14 @@ def _as_int32(symbols: np.ndarray) -> np.ndarray:
     return a.astype(np.int32, copy=False)
 
 
-def least_bits(probabilities: np.ndarray) -> np.ndarray:
-    """A lower bound on what coding a symbol of probability p costs (see STREAM_SLACK_BITS)."""
-    p = np.asarray(probabilities)  # float32 tables stay float32: its rounding is far inside the margins
-    return -np.log2(np.minimum(1.0, SPEND_MARGIN * p + MIN_PROBABILITY, dtype=p.dtype))
+def least_bits(probabilities: np.ndarray, entries: int | np.ndarray) -> np.ndarray:
+    """A lower bound on what coding a symbol of probability p of an `entries`-entry table costs.
+
+    See STREAM_SLACK_BITS. In float64: the cap's distance from 1 is below float32's resolution.
+    """
+    p = np.asarray(probabilities, dtype=np.float64)
+    cap = 1.0 - (np.asarray(entries, dtype=np.float64) - 1.0) * 2.0**-24
+    return -np.log2(np.minimum(cap, SPEND_MARGIN * p + MIN_PROBABILITY))
 
 
 @dataclass(frozen=True)
@@ -82,7 +90,7 @@ class CategoricalTable:
         # Escape gets one count; zero counts still get the coder's minimum probability.
         probs = np.append(f.astype(np.float64), 1.0)
         object.__setattr__(self, "_model", constriction.stream.model.Categorical(probs, perfect=False))
-        object.__setattr__(self, "_least_bits", least_bits(probs / probs.sum()))
+        object.__setattr__(self, "_least_bits", least_bits(probs / probs.sum(), probs.size))
 
     @classmethod
     def from_counts(cls, counts: np.ndarray, total: int = 1 << 16) -> "CategoricalTable":
@@ -278,7 +286,7 @@ class Decoder:
             parts = [self._decode(_PER_SYMBOL_TABLE, probs) for probs in blocks]
             idx = np.concatenate(parts)
             chosen = np.concatenate([p[np.arange(i.size), i] for p, i in zip(blocks, parts)])
-            self._spend(float(least_bits(chosen).sum(dtype=np.float64)))
+            self._spend(float(least_bits(chosen, escape + 1).sum()))  # a row's entries: its escape column + 1
             out[rows] = (plan.lo[rows] + idx).astype(np.int32)
             escaped_positions.append(rows[idx == escape])
         where = np.concatenate(escaped_positions) if escaped_positions else np.empty(0, np.int64)

@@ -151,6 +151,38 @@ def test_cdf_tables_are_the_committed_ones():
 EXPECTED_CDF_DIGEST = "9e6e6d62d26a7ec1"
 
 
+def test_what_a_decoder_counts_never_exceeds_what_the_encoder_wrote():
+    """The stream check's premise, without its slack, where its margins matter: long, skewed streams."""
+    rng = np.random.default_rng(7)
+    for size in (2, 17, 256, 65536):
+        for peak in (0.5, 0.99, 0.999999):
+            freqs = np.ones(size, np.int64)  # every other entry once, the escape once: entry 0 has about `peak`
+            freqs[0] = min(65535, round(peak / (1 - peak) * size))
+            table = CategoricalTable(freqs)
+            p = np.append(freqs, 1) / (freqs.sum() + 1)
+            symbols = rng.choice(size + 1, 30_000, p=p)
+            symbols[rng.integers(0, 30_000, 40)] = rng.integers(0, size, 40)  # rare ones too
+            symbols[symbols == size] = -5  # escapes
+            enc = Encoder()
+            enc.categorical(symbols, table)
+            data = enc.finish()
+            dec = Decoder(data)
+            assert np.array_equal(dec.categorical(table, symbols.size), symbols)
+            assert dec._spent <= 8 * len(data), (size, peak, dec._spent, 8 * len(data))
+    n = 60_000
+    means = rng.normal(0, 30, (n, 3))
+    scales = np.exp(rng.uniform(np.log(1e-3), np.log(3000), (n, 3)))
+    weights = rng.dirichlet(np.ones(3), n)
+    symbols = np.round(means[:, 0] + scales[:, 0] * rng.standard_normal(n) * rng.choice([0.2, 1, 4, 50], n))
+    symbols = symbols.clip(-(2**31), 2**31 - 1).astype(np.int64)  # window edges and far escapes
+    enc = Encoder()
+    enc.mixture(symbols, weights, means, scales)
+    data = enc.finish()
+    dec = Decoder(data)
+    assert np.array_equal(dec.mixture(weights, means, scales), symbols)
+    assert dec._spent <= 8 * len(data), (dec._spent, 8 * len(data))
+
+
 def test_a_stream_shorter_than_its_symbols_is_refused():
     """constriction reads zeros past the end of its data; the decoder counts what its symbols cost."""
     rng = np.random.default_rng(0)
@@ -170,6 +202,9 @@ def test_a_stream_shorter_than_its_symbols_is_refused():
         Decoder(data[: len(data) // 2 // 4 * 4]).gaussian(means, scales)  # truncated
     with pytest.raises(CorruptStreamError, match="ends before"):
         Decoder(b"").gaussian(np.zeros(50_000), np.full(50_000, 0.3))  # nothing, where 50,000 symbols are due
+    flat = CategoricalTable(np.array([65535] + [0] * 255))  # even a near-certain symbol costs something
+    with pytest.raises(CorruptStreamError, match="ends before"):
+        Decoder(b"").categorical(flat, 4096 * 4096)
 
 
 def test_bad_streams_raise_documented_errors():

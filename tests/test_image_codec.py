@@ -114,6 +114,10 @@ def test_headers_their_encoders_never_write_are_refused(sample_pixels):
         vq.decode([parse(serialize(container))])
 
 
+def test_the_encoder_writes_tiles_its_decoder_accepts():
+    assert tiled.ALIGN <= tiled.DEFAULT_TILE <= tiled.MAX_TILE and tiled.DEFAULT_TILE % tiled.ALIGN == 0
+
+
 def test_network_calls_are_bounded_in_tiles_and_pixels():
     assert tiled.batch_size((1024, 1024)) == 2  # full tiles in pairs: the 8000x8000 memory bound
     assert tiled.batch_size((512, 768)) == tiled.BATCH_TILES  # Kodak-sized pictures still batch fully
@@ -307,6 +311,7 @@ def test_library_api_batches_and_reports_errors(sample_pixels):
         (lambda: codec.encode(None), "list of images"),
         (lambda: codec.decode(3), "list of .vqz"),
         (lambda: codec.encode([images[0]], quality="high"), "number"),
+        (lambda: codec.encode([images[0]], quality="3"), "number"),
         (lambda: codec.encode([images[0]], model=["hyperprior-gmm"]), "string"),
         (lambda: codec.encode([images[0]], model="lossless-delta", device="gpu"), "unknown device"),
         (lambda: codec.encode([b"\x89PNG"]), "path"),

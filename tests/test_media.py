@@ -170,3 +170,15 @@ def test_atomic_write_does_not_clobber_a_file_made_meanwhile(tmp_path, monkeypat
     with pytest.raises(InvalidRequestError, match="exists"):
         atomic_write(target, b"ours")
     assert target.read_bytes() == b"theirs" and [p.name for p in tmp_path.iterdir()] == ["late.bin"]
+
+
+def test_atomic_write_without_hard_links(tmp_path, monkeypatch):
+    import errno
+    import os
+
+    def no_links(*args):
+        raise OSError(errno.EPERM, "Operation not permitted")
+
+    monkeypatch.setattr(os, "link", no_links)  # a FAT or exFAT disk, say: renamed after the check instead
+    atomic_write(tmp_path / "out.bin", b"data")
+    assert (tmp_path / "out.bin").read_bytes() == b"data" and [p.name for p in tmp_path.iterdir()] == ["out.bin"]

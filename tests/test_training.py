@@ -39,11 +39,12 @@ def test_training_resumes_from_its_checkpoint(tmp_path):
     curve = (tmp_path / "run" / "curve.csv").read_text().splitlines()
     assert curve[0].startswith("minutes,step") and len(curve) == 1 + 2 * 2  # two evaluations x two levels
     assert not list((tmp_path / "run").glob("*.tmp"))
-    again = []
     before = (tmp_path / "run" / "checkpoint.pt").stat().st_mtime_ns
-    opts.new_schedule = True
-    train(opts, log=again.append)  # already at --steps: says so instead of silently doing nothing...
-    assert any("nothing to train" in m for m in again)
+    for new_schedule in (False, True):  # already at --steps: says so instead of silently doing nothing...
+        again = []
+        opts.new_schedule = new_schedule
+        train(opts, log=again.append)
+        assert any("nothing to train" in m for m in again) and not any("resumed" in m for m in again)
     assert (tmp_path / "run" / "checkpoint.pt").stat().st_mtime_ns == before  # ...and writes nothing
 
 

@@ -7,13 +7,12 @@ codec must not (imports point one way: tools -> codec -> entropy/bitstream).
 from __future__ import annotations
 
 import json
-import sys
 import warnings
 from pathlib import Path
 
 import click
 
-from codec.cli import UserError, cli, friendly_errors, run
+from codec.cli import UserError, cli, friendly_errors, progress_bar, run
 from tools.bdrate import QUALITY_METRICS
 from tools.options import data_root_option
 
@@ -31,11 +30,6 @@ def _parse_qualities(values: tuple[str, ...]) -> dict[str, list[float]]:
         if not sep or not out[name.strip()]:
             raise UserError(f"--qualities {v!r}: expected CODEC=Q1,Q2,...")
     return out
-
-
-def _bar(length: int, label: str, **kw):
-    """A progress bar on stderr, on a terminal only (elsewhere click prints its bare label: a stray line)."""
-    return click.progressbar(length=length, label=label, file=sys.stderr, hidden=not sys.stderr.isatty(), **kw)
 
 
 @cli.group(name="eval")
@@ -73,7 +67,7 @@ def eval_images(folder, codecs, qualities, out_dir, reference, anchors, jobs, as
     sweeps = _parse_qualities(qualities)
     resolved = baselines.resolve(names)
     total = sum(len(sweeps.get(c.name, c.qualities)) for c in resolved)
-    with _bar(total, "evaluating") as bar:
+    with progress_bar(total, "evaluating") as bar:
         summary = evaluate(folder, names, out_dir, sweeps, reference, jobs, anchors, progress=bar.update)
     if as_json:
         click.echo(json.dumps({k: v for k, v in summary.items() if k != "table"}, indent=2))
@@ -119,7 +113,13 @@ def train() -> None:
     default=None,
     help="Checkpoint folder (default runs/<arch>); training resumes from its checkpoint.pt.",
 )
-@click.option("--steps", default=30000, show_default=True, help="Schedule length (and where training stops).")
+@click.option(
+    "--steps",
+    default=30000,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Schedule length (and where training stops).",
+)
 @click.option("--batch", default=8, show_default=True, type=click.IntRange(min=1))
 @click.option("--crop", default=128, show_default=True, type=click.IntRange(min=64), help="A multiple of 64.")
 @click.option("--lr", default=6e-4, show_default=True, type=click.FloatRange(min=0, min_open=True))
@@ -234,7 +234,7 @@ def train_image(
 
     def progress(step: int, summary: str) -> None:
         if not bars:
-            bars.append(_bar(steps - step + 1, "training", item_show_func=lambda text: text).__enter__())
+            bars.append(progress_bar(steps - step + 1, "training", item_show_func=lambda text: text).__enter__())
         bars[0].update(1, current_item=summary)
 
     try:
@@ -324,11 +324,13 @@ def bench_vq(ctx, kodak, repeats, as_json) -> None:
     """vq-mcq: codebook utilisation, entropy-coding saving, decode time vs hyperprior-gmm."""
     from tools import bench_image, bench_vq
 
+    bench_image.check_kodak(kodak or bench_image.KODAK)
     ctx.invoke(bench_vq.main, kodak=kodak or bench_image.KODAK, repeats=repeats, as_json=as_json)
 
 
 def main() -> None:
-    # compressai's import triggers a torch deprecation warning a CLI user can do nothing about
+    # compressai's import triggers a torch deprecation warning a CLI user can do nothing about (codec's
+    # models silence it where they import compressai; a tool may import compressai's models first)
     warnings.filterwarnings("ignore", message=r"`torch.jit.script` is deprecated", category=FutureWarning)
     run(prog_name="vqz")
 

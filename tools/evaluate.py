@@ -282,7 +282,12 @@ def evaluate(
     done: dict[Task, list[dict]] = {}
     for t in tasks:  # resume: reuse results of the same pixels, made by the same library / weights
         saved = _cached(raw / f"{t.key}.json")
-        if saved and saved.get("images") == digests and saved.get("fingerprint") == fingerprints[t.codec]:
+        if (
+            saved
+            and saved.get("images") == digests
+            and saved.get("fingerprint") == fingerprints[t.codec]
+            and all(r.get("quality") == t.quality for r in saved["rows"])  # the file name rounds it to 6 digits
+        ):
             done[t] = saved["rows"]
     todo = [t for t in tasks if t not in done]
     if progress:

@@ -33,7 +33,7 @@ from codec.image_codec import hyper_head, z_level_frequencies
 from codec.models.hyperprior import HyperpriorConfig, HyperpriorGMM
 from codec.models.vq_image import RATE_LADDER, VQImageConfig, VQImageModel
 from codec.vq_codec import codebook_key
-from tools.bdrate import CurvesDoNotOverlapError, compare, load_results
+from tools.bdrate import CurvesDoNotOverlapError, InvalidResultsError, compare, load_results
 from tools.options import data_root_option
 
 WEIGHTS_DIR = Path(__file__).resolve().parents[1] / "weights"
@@ -127,7 +127,7 @@ def record_figures(results_dir: Path, name: str = "hyperprior-gmm", reference: s
     for metric in ("psnr-rgb", "ms-ssim-db"):
         try:
             bd[metric] = compare(ref, ours, metric)
-        except (CurvesDoNotOverlapError, ValueError):  # e.g. a low-rate codec below the reference's range
+        except (CurvesDoNotOverlapError, InvalidResultsError):  # e.g. a low-rate codec below the reference's range
             bd[metric] = {"bd_rate_pct": None, "bd_quality": None}
     psnr, msssim = bd["psnr-rgb"], bd["ms-ssim-db"]
 
@@ -138,8 +138,8 @@ def record_figures(results_dir: Path, name: str = "hyperprior-gmm", reference: s
         "command": EVAL_COMMAND.format(out=results_dir),
         "quality": r["quality"],
         "bpp": [round(v, 4) for v in r["bpp"]],
-        "psnr_rgb": [round(v, 3) for v in r["psnr-rgb"]],
-        "ms_ssim": [round(v, 5) for v in r["ms-ssim"]],
+        "psnr_rgb": [rounded(v, 3) for v in r["psnr-rgb"]],
+        "ms_ssim": [rounded(v, 5) for v in r["ms-ssim"]],  # null where undefined (images under 161 pixels)
         f"bd_rate_vs_{reference}_pct": rounded(psnr["bd_rate_pct"], 1),
         f"bd_psnr_vs_{reference}_db": rounded(psnr["bd_quality"], 2),
         f"bd_rate_vs_{reference}_msssim_pct": rounded(msssim["bd_rate_pct"], 1),

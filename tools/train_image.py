@@ -531,7 +531,9 @@ def load_transforms(model: torch.nn.Module, weights: Path) -> int:
     from trained ones instead of random ones: on two cores that saves hours.
     Returns the number of tensors copied; shapes must match.
     """
-    source = _load_checkpoint(weights, torch.device("cpu")).get("model") or {}
+    source = _load_checkpoint(weights, torch.device("cpu")).get("model")
+    if not isinstance(source, dict):
+        raise TrainingError(f"{weights}: no model state in it")
     own = model.state_dict()
     picked = {k: v for k, v in source.items() if k.split(".")[0] in ("g_a", "g_s") and k in own}
     wrong = [k for k, v in picked.items() if v.shape != own[k].shape]
@@ -585,6 +587,9 @@ def train(opts: TrainOptions, log=print, progress=None) -> Path:
     generator = torch.Generator().manual_seed(opts.seed)
     arch = ARCHITECTURES[opts.arch]
     state = _load_checkpoint(ckpt_path, device) if ckpt_path.exists() else None
+    if state is not None and state.get("step", 0) >= opts.steps:  # before any change, photo or file
+        log(f"already at step {state['step']}, not below --steps {opts.steps}: nothing to train (raise --steps)")
+        return ckpt_path
     config = opts.config or arch.config_type()
     if state is None and opts.init_from:
         # A new run takes the widths of the transforms it starts from (e.g. a VQ run
@@ -686,9 +691,6 @@ def train(opts: TrainOptions, log=print, progress=None) -> Path:
     elif opts.init_from:
         log(f"transforms from {opts.init_from}: {load_transforms(model, opts.init_from)} tensors")
 
-    if state is not None and step >= opts.steps:  # before any photo is read or any file written
-        log(f"already at step {step}, not below --steps {opts.steps}: nothing to train (raise --steps to go on)")
-        return ckpt_path
     if opts.post_filter and state is None:
         raise TrainingError("--post-filter trains a filter for a trained model: resume a run or a committed one")
     if opts.entropy_only and state is None:
@@ -740,8 +742,6 @@ def train(opts: TrainOptions, log=print, progress=None) -> Path:
     previous_handlers = {
         sig: signal.signal(sig, lambda *_: stop.append(True)) for sig in (signal.SIGTERM, signal.SIGINT)
     }
-    if step >= opts.steps:
-        log(f"already at step {step}, not below --steps {opts.steps}: nothing to train (raise --steps to go on)")
     # Measured (session 4, batch 4 x 256^2, 2 threads): 447 ms a step; channels-last
     # (oneDNN's convolutions prefer NHWC) 387 ms; compiled as well 357 ms.
     model.to(memory_format=torch.channels_last)

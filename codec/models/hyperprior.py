@@ -317,10 +317,13 @@ class HyperpriorGMM(nn.Module):
 
         `g_a` may be `frozen(model.g_a)`, the faster coding-time copy.
         """
+        return self.latents((g_a or self.g_a)(x), quality)
+
+    def latents(self, features: torch.Tensor, quality: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """`analyse` from the analysis transform's output, which is the same at every quality level."""
         gain, _ = self.gains(quality)
-        y = (g_a or self.g_a)(x) * gain
-        z = self.h_a(y)
-        return y, z
+        y = features * gain
+        return y, self.h_a(y)
 
     def mixture_parameters(
         self, z_hat: torch.Tensor, h_s: nn.Module | None = None
