@@ -16,3 +16,20 @@ def test_peak_memory_is_the_childs_own_not_its_parents():
     assert 0 < int(done.stdout) < (1 << 20)  # KiB: the child's own imports (torch) take about half a GiB
     assert peak_rss_kib() > (1 << 20)  # the parent's own peak does include its ballast
     del ballast
+
+
+def test_the_seam_benchmark_codes_a_mosaic_whole_and_in_tiles(tmp_path, sample_pixels):
+    """Whole-picture coding needs a tile over the decoders' limit: the benchmark lifts it for itself only."""
+    import numpy as np
+    from PIL import Image
+
+    from codec import tiled
+    from tools.bench_image import seams
+
+    picture = np.resize(sample_pixels, (512, 768, 3))  # the mosaic takes 768 x 512 pictures, as Kodak's
+    Image.fromarray(picture).save(tmp_path / "a.png")
+    limits = (tiled.DEFAULT_TILE, tiled.MAX_TILE)
+    r = seams(tmp_path, quality=1.0, size=1100, tile=1024)
+    assert r["whole"]["chunks"] == 1 and r["tiled_1024"]["chunks"] == 4
+    assert 0 < r["whole"]["bpp"] and abs(r["psnr_cost_db"]) < 1
+    assert (tiled.DEFAULT_TILE, tiled.MAX_TILE) == limits  # restored

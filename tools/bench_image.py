@@ -110,16 +110,18 @@ def mosaic(kodak: Path, size: int) -> np.ndarray:
     return out
 
 
-def seams(kodak: Path, quality: float) -> dict:
+def seams(kodak: Path, quality: float, size: int = 2000, tile: int = 1024) -> dict:
+    """PSNR and rate of a size x size mosaic coded whole (one tile) and in tiles of `tile` pixels."""
     from codec import tiled
 
-    picture = Picture.from_array(mosaic(kodak, 2000))
+    picture = Picture.from_array(mosaic(kodak, size))
     codec = get_codec("hyperprior-gmm")
     out = {}
-    default = tiled.DEFAULT_TILE
+    default, largest = tiled.DEFAULT_TILE, tiled.MAX_TILE
+    whole = -(-size // tiled.ALIGN) * tiled.ALIGN
     try:
-        for label, tile in (("whole", 2048), ("tiled_1024", 1024)):
-            tiled.DEFAULT_TILE = tile
+        for label, side in (("whole", whole), (f"tiled_{tile}", tile)):
+            tiled.DEFAULT_TILE = tiled.MAX_TILE = side  # files only this process reads: decoders refuse > 1024
             data = serialize(codec.encode([picture], quality=quality)[0])
             decoded = codec.decode([parse(data)])[0]
             out[label] = {
@@ -128,8 +130,8 @@ def seams(kodak: Path, quality: float) -> dict:
                 "chunks": len(parse(data).data_chunks()),
             }
     finally:
-        tiled.DEFAULT_TILE = default
-    out["psnr_cost_db"] = out["whole"]["psnr"] - out["tiled_1024"]["psnr"]
+        tiled.DEFAULT_TILE, tiled.MAX_TILE = default, largest
+    out["psnr_cost_db"] = out["whole"]["psnr"] - out[f"tiled_{tile}"]["psnr"]
     return out
 
 
