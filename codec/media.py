@@ -176,9 +176,10 @@ def _exact_mode(im: Image.Image) -> Image.Image:
     if mode in ("P", "PA"):
         return im.convert("RGBA" if ("transparency" in im.info or mode == "PA") else "RGB")
     if mode in ("L", "RGB") and "transparency" in im.info:  # a colour key (PNG tRNS): alpha in disguise
-        im, mode = im.convert("LA" if mode == "L" else "RGBA"), "LA" if mode == "L" else "RGBA"
-        if mode == "RGBA" and im.getchannel("A").getextrema() == (255, 255):
-            return im.convert("RGB")  # no pixel has the key colour: nothing is transparent
+        keyed = im.convert(mode + "A")
+        if keyed.getchannel("A").getextrema() == (255, 255):
+            return im  # no pixel has the key colour: nothing is transparent
+        im, mode = keyed, keyed.mode
     if mode == "LA":
         return im.convert("L") if im.getchannel("A").getextrema() == (255, 255) else im.convert("RGBA")
     if mode == "YCbCr":

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import abc
 import math
+import numbers
 import struct
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -122,12 +123,9 @@ class TiledImageCodec(ImageCodec):
 
     def _quality(self, quality: float | None) -> float:
         """The quality the header stores (float32-exact, so both sides agree), checked."""
-        try:
-            if isinstance(quality, (str, bytes)):  # "3" would pass float(); "high" would not: neither is a number
-                raise TypeError
-            q = self.default_quality if quality is None else float(quality)
-        except (TypeError, ValueError):
-            raise InvalidRequestError(f"quality must be a number, not {quality!r}") from None
+        if quality is not None and not isinstance(quality, numbers.Real):  # "3", [3], 3j: not a quality
+            raise InvalidRequestError(f"quality must be a number, not {quality!r}")
+        q = self.default_quality if quality is None else float(quality)
         if not 1.0 <= q <= self.levels:
             raise InvalidRequestError(f"quality must be between 1 and {self.levels}, not {quality}")
         return float(np.float32(q))

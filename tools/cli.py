@@ -6,6 +6,7 @@ codec must not (imports point one way: tools -> codec -> entropy/bitstream).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import warnings
 from pathlib import Path
@@ -230,18 +231,16 @@ def train_image(
     out_dir.mkdir(parents=True, exist_ok=True)
     if not init_from:  # a run that names its start does not take the committed checkpoint's
         seed_from_committed(out_dir, arch, log=lambda m: click.echo(m, err=True))
-    bars: list = []  # made at the first step, so that it counts this run's steps, not the checkpoint's
+    with contextlib.ExitStack() as stack:
+        bar = None  # made at the first step, so that it counts this run's steps, not the checkpoint's
 
-    def progress(step: int, summary: str) -> None:
-        if not bars:
-            bars.append(progress_bar(steps - step + 1, "training", item_show_func=lambda text: text).__enter__())
-        bars[0].update(1, current_item=summary)
+        def progress(step: int, summary: str) -> None:
+            nonlocal bar
+            if bar is None:
+                bar = stack.enter_context(progress_bar(steps - step + 1, "training", item_show_func=lambda t: t))
+            bar.update(1, current_item=summary)
 
-    try:
         checkpoint = run(opts, log=lambda m: click.echo(m, err=True), progress=progress)
-    finally:
-        if bars:
-            bars[0].__exit__(None, None, None)
     if export:
         from tools.export_weights import export as export_gmm
         from tools.export_weights import export_vq

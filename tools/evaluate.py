@@ -198,9 +198,9 @@ def bd_table(results: list[dict], reference: str) -> tuple[str, list[dict]]:
         row = {"codec": r["name"]}
         for metric, key in (("psnr-rgb", "psnr"), ("ms-ssim-db", "msssim")):
             try:
-                c = compare(ref, r, metric)
-                row[f"bd_rate_{key}"] = "no overlap" if c["bd_rate_pct"] is None else c["bd_rate_pct"]
-                row[f"bd_{key}"] = "no overlap" if c["bd_quality"] is None else c["bd_quality"]
+                c = compare(ref, r, metric)  # a delta whose curves do not overlap is None
+                for field, value in ((f"bd_rate_{key}", c["bd_rate_pct"]), (f"bd_{key}", c["bd_quality"])):
+                    row[field] = "no overlap" if value is None else value
             except CurvesDoNotOverlapError:
                 row[f"bd_rate_{key}"] = row[f"bd_{key}"] = "no overlap"
             except InvalidResultsError:  # one point, a metric undefined here, a curve not monotonic
