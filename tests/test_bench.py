@@ -2,6 +2,7 @@
 
 import subprocess
 import sys
+from pathlib import Path
 
 from tools.bench_image import peak_rss_kib
 
@@ -33,3 +34,19 @@ def test_the_seam_benchmark_codes_a_mosaic_whole_and_in_tiles(tmp_path, sample_p
     assert r["whole"]["chunks"] == 1 and r["tiled_1024"]["chunks"] == 4
     assert 0 < r["whole"]["bpp"] and abs(r["psnr_cost_db"]) < 1
     assert (tiled.DEFAULT_TILE, tiled.MAX_TILE) == limits  # restored
+
+
+
+def test_the_shared_data_is_found_from_any_working_directory(tmp_path, monkeypatch):
+    """`vqz train`/`vqz bench` defaults: ../shared/data beside the checkout, not only beside the working directory."""
+    from tools import options
+
+    checkout, elsewhere = tmp_path / "work" / "vqz", tmp_path / "elsewhere"
+    (tmp_path / "work" / "shared" / "data" / "kodak").mkdir(parents=True)
+    elsewhere.mkdir()
+    monkeypatch.setattr(options, "__file__", str(checkout / "tools" / "options.py"))
+    monkeypatch.chdir(elsewhere)
+    assert options.shared_data("kodak") == tmp_path / "work" / "shared" / "data" / "kodak"
+    assert options.shared_data("missing") == Path("../shared/data/missing")  # named as the README names it
+    (tmp_path / "shared" / "data" / "kodak").mkdir(parents=True)  # one beside the working directory wins
+    assert options.shared_data("kodak") == Path("../shared/data/kodak")

@@ -32,8 +32,7 @@ from bitstream import parse, serialize
 from codec.errors import InvalidRequestError
 from codec.media import Picture, psnr, read_image
 from codec.registry import codec_for, get_codec
-
-KODAK = Path(__file__).resolve().parents[2] / "shared" / "data" / "kodak"
+from tools.options import KODAK
 
 
 def _median_time(fn, repeats: int) -> float:

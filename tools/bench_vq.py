@@ -28,7 +28,8 @@ from codec.media import read_image
 from codec.models.vq import MultiCodebookQuantiser
 from codec.registry import get_codec
 from codec.tiled import DEFAULT_TILE, tile_grid
-from tools.bench_image import KODAK, _median_time
+from tools.bench_image import _median_time
+from tools.options import KODAK
 
 
 def utilisation(codec, pictures) -> list[dict]:

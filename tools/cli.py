@@ -15,7 +15,7 @@ import click
 
 from codec.cli import UserError, cli, friendly_errors, progress_bar, run
 from tools.bdrate import QUALITY_METRICS
-from tools.options import data_root_option
+from tools.options import KODAK, data_root_option
 
 
 def _parse_qualities(values: tuple[str, ...]) -> dict[str, list[float]]:
@@ -119,7 +119,8 @@ def train() -> None:
     default=30000,
     show_default=True,
     type=click.IntRange(min=1),
-    help="Schedule length (and where training stops).",
+    help="The step where the schedule ends and training stops; at or below the checkpoint's step "
+    "(129,719 for the committed hyperprior-gmm) there is nothing to train.",
 )
 @click.option("--batch", default=8, show_default=True, type=click.IntRange(min=1))
 @click.option("--crop", default=128, show_default=True, type=click.IntRange(min=64), help="A multiple of 64.")
@@ -280,11 +281,11 @@ def bench_image_speed(ctx, kodak, images, repeats, quality, as_json) -> None:
     """Encode/decode time per Kodak image against CompressAI's ScaleHyperprior."""
     from tools import bench_image
 
-    bench_image.check_kodak(kodak or bench_image.KODAK)
+    bench_image.check_kodak(kodak or KODAK)
 
     ctx.invoke(
         bench_image.speed_command,
-        kodak=kodak or bench_image.KODAK,
+        kodak=kodak or KODAK,
         images=images,
         repeats=repeats,
         quality=quality,
@@ -306,9 +307,9 @@ def bench_tiles(ctx, kodak, quality, size) -> None:
     """Seam cost of tiling (2000x2000) and peak memory (8000x8000)."""
     from tools import bench_image
 
-    bench_image.check_kodak(kodak or bench_image.KODAK)
+    bench_image.check_kodak(kodak or KODAK)
 
-    ctx.invoke(bench_image.tiles_command, kodak=kodak or bench_image.KODAK, quality=quality, size=size, as_json=True)
+    ctx.invoke(bench_image.tiles_command, kodak=kodak or KODAK, quality=quality, size=size, as_json=True)
 
 
 @bench.command(name="vq")
@@ -323,8 +324,8 @@ def bench_vq(ctx, kodak, repeats, as_json) -> None:
     """vq-mcq: codebook utilisation, entropy-coding saving, decode time vs hyperprior-gmm."""
     from tools import bench_image, bench_vq
 
-    bench_image.check_kodak(kodak or bench_image.KODAK)
-    ctx.invoke(bench_vq.main, kodak=kodak or bench_image.KODAK, repeats=repeats, as_json=as_json)
+    bench_image.check_kodak(kodak or KODAK)
+    ctx.invoke(bench_vq.main, kodak=kodak or KODAK, repeats=repeats, as_json=as_json)
 
 
 def main() -> None:
