@@ -19,7 +19,7 @@ import click
 
 from bitstream import ChunkKind, Container, ImageInfo, VqzError, parse, serialize
 from codec import registry
-from codec.fileio import atomic_write, read_input
+from codec.fileio import is_stdio, read_input, write_output
 from codec.media import image_bytes, output_format, psnr, read_image
 
 EXIT_BAD_INPUT = 2
@@ -94,12 +94,13 @@ class _ProgressBar:
         if self.bar is not None:
             self.bar.__exit__(*exc)
 
-    def echo(self, line: str) -> None:
-        """Print a result line above the bar rather than after it on the bar's own line."""
+    def echo(self, line: str, err: bool = False) -> None:
+        """Print a result line above the bar rather than after it on the bar's own line (on stderr where
+        stdout carries the output file)."""
         if self.bar is not None:
             sys.stderr.write("\r\x1b[K")
             sys.stderr.flush()
-        click.echo(line)
+        click.echo(line, err=err)
         if self.bar is not None:
             self.bar.render_progress()
 
@@ -119,10 +120,22 @@ class _ProgressBar:
 
 
 def _output_paths(inputs: Sequence[Path], output_name: str | None, suffix: str, force: bool) -> list[Path]:
-    """Where each input's result goes; refused before any work if two would share a file or one exists."""
+    """Where each input's result goes; refused before any work if two would share a file or one exists.
+
+    `-` is standard input as the one input (then -o names the output) and
+    standard output as `-o -` (for one input; refused on a terminal).
+    """
+    if any(is_stdio(p) for p in inputs) and (len(inputs) > 1 or output_name is None):
+        raise UserError("- (standard input) must be the only input, with -o naming the output (a file, or -)")
     for path in inputs:
-        if not path.name or path.is_dir():
+        if not is_stdio(path) and (not path.name or path.is_dir()):
             raise UserError(f"{path}: is a folder, not a file")
+    if output_name is not None and is_stdio(output_name):
+        if len(inputs) > 1:
+            raise UserError(f"-o - (standard output) takes one input, not {len(inputs)}")
+        if sys.stdout.isatty():
+            raise UserError("-o -: standard output is a terminal (redirect it to a file or a pipe)")
+        return [Path(output_name)]
     output = None if output_name is None else Path(output_name)
     if output is not None and output_name.endswith(("/", os.sep)) and not output.is_dir():
         raise UserError(f"-o {output_name}: no such folder")  # a folder was meant: not a file of that name
@@ -140,7 +153,7 @@ def _output_paths(inputs: Sequence[Path], output_name: str | None, suffix: str, 
         if key in seen:
             raise UserError(f"{seen[key]} and {path} would both be written to {out} (code them one at a time with -o)")
         seen[key] = path
-        if key == path.resolve():  # even with --force: the input would be gone
+        if not is_stdio(path) and key == path.resolve():  # even with --force: the input would be gone
             raise UserError(f"{path} would be overwritten by its own output (give -o another name)")
         if out.exists() and not force:
             raise UserError(f"{out} exists (use --force to overwrite)")
@@ -149,7 +162,7 @@ def _output_paths(inputs: Sequence[Path], output_name: str | None, suffix: str, 
 
 @cli.command()
 @click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=Path))
-@click.option("-o", "--output", type=click.Path(), help="Output file (or folder, for several inputs).")
+@click.option("-o", "--output", type=click.Path(), help="Output file (or folder, for several inputs; - for stdout).")
 @click.option("--model", default=None, help=f"Codec name (default {registry.DEFAULT_IMAGE_CODEC}); see `vqz models`.")
 @click.option(
     "-q",
@@ -166,7 +179,7 @@ def _output_paths(inputs: Sequence[Path], output_name: str | None, suffix: str, 
 @click.option("-f", "--force", is_flag=True, help="Overwrite existing outputs.")
 @friendly_errors
 def encode(inputs, output, model, quality, target_bpp, device, show_psnr, force) -> None:
-    """Encode images to .vqz files."""
+    """Encode images to .vqz files (- reads standard input)."""
     codec = registry.get_codec(model)
     if quality is not None and target_bpp is not None:
         raise UserError("give --quality or --target-bpp, not both")
@@ -187,18 +200,18 @@ def encode(inputs, output, model, quality, target_bpp, device, show_psnr, force)
                 if reference.shape[2] != decoded.pixels.shape[2]:
                     reference = picture.without_opaque_alpha().pixels
                 line += f", PSNR {psnr(reference, decoded.pixels):.2f} dB"
-            atomic_write(out, data, force=force)
-            bar.echo(line)
+            write_output(out, data, force=force)
+            bar.echo(line, err=is_stdio(out))
 
 
 @cli.command()
 @click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=Path))
-@click.option("-o", "--output", type=click.Path(), help="Output file (or folder, for several inputs).")
+@click.option("-o", "--output", type=click.Path(), help="Output file (or folder, for several inputs; - for stdout).")
 @click.option("--device", default="cpu", show_default=True, help="cpu or cuda: where the networks run.")
 @click.option("-f", "--force", is_flag=True, help="Overwrite existing outputs.")
 @friendly_errors
 def decode(inputs, output, device, force) -> None:
-    """Decode .vqz files to PNG (or TIFF, BMP, PPM/PGM: by the -o file name's ending)."""
+    """Decode .vqz files to PNG (or TIFF, BMP, PPM/PGM: by the -o file name's ending; - reads standard input)."""
     outputs = _output_paths(inputs, output, ".png", force)
     formats = [output_format(out) for out in outputs]
     with _ProgressBar(len(inputs), "decoding") as bar:
@@ -206,8 +219,8 @@ def decode(inputs, output, device, force) -> None:
             container = parse(read_input(path))
             codec = registry.codec_for(container)
             picture = codec.decode([container], device=device, progress=bar.for_input(index))[0]
-            atomic_write(out, image_bytes(picture, fmt), force=force)
-            bar.echo(f"{path} -> {out}: {picture.info.width}x{picture.info.height}")
+            write_output(out, image_bytes(picture, fmt), force=force)
+            bar.echo(f"{path} -> {out}: {picture.info.width}x{picture.info.height}", err=is_stdio(out))
 
 
 def describe(container: Container, size: int) -> dict:

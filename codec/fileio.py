@@ -5,19 +5,41 @@ from __future__ import annotations
 import errno
 import os
 import stat
+import sys
 import tempfile
 from pathlib import Path
 
 from codec.errors import InvalidRequestError
 
+#: the file name that means standard input (as an input) or standard output (as `-o`), as in cwebp or zstd
+STDIO = "-"
+
+
+def is_stdio(path: str | os.PathLike) -> bool:
+    return os.fspath(path) == STDIO
+
 
 def read_input(path: str | os.PathLike) -> bytes:
-    """The bytes of an input file; a device (/dev/zero, a disk) is refused rather than read without end."""
+    """The bytes of an input file (`-`: standard input); a device (/dev/zero, a disk) is refused rather than
+    read without end."""
+    if is_stdio(path):
+        return sys.stdin.buffer.read()
     mode = os.stat(path).st_mode  # a missing file raises the usual OSError, with its name
     if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
         raise InvalidRequestError(f"{os.fspath(path)}: is a device, not a file")
     with open(path, "rb") as f:  # regular files, and pipes (`vqz decode /dev/stdin`)
         return f.read()
+
+
+def write_output(path: str | os.PathLike, data: bytes, force: bool = False) -> None:
+    """`atomic_write`, or `data` to standard output for `-`."""
+    if not is_stdio(path):
+        atomic_write(path, data, force)
+        return
+    if sys.stdout.isatty():
+        raise InvalidRequestError("-o -: standard output is a terminal (redirect it to a file or a pipe)")
+    sys.stdout.buffer.write(data)
+    sys.stdout.buffer.flush()
 
 
 def _umask() -> int:

@@ -24,7 +24,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from bitstream import ImageInfo, Limits
 from codec.errors import InvalidRequestError, UnsupportedMediaError
-from codec.fileio import read_input
+from codec.fileio import is_stdio, read_input
 
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _EXIF_ORIENTATION = 0x0112
@@ -195,7 +195,7 @@ def read_image(path: str | os.PathLike, limits: Limits = Limits()) -> Picture:
         raise UnsupportedMediaError(str(exc)) from None
     except OSError as exc:
         raise UnsupportedMediaError(f"{os.fspath(path)}: {exc.strerror or exc}") from None
-    return load_image(data, os.fspath(path), limits)
+    return load_image(data, "standard input" if is_stdio(path) else os.fspath(path), limits)
 
 
 def psnr(reference: np.ndarray, decoded: np.ndarray) -> float:

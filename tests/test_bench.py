@@ -36,7 +36,6 @@ def test_the_seam_benchmark_codes_a_mosaic_whole_and_in_tiles(tmp_path, sample_p
     assert (tiled.DEFAULT_TILE, tiled.MAX_TILE) == limits  # restored
 
 
-
 def test_the_shared_data_is_found_from_any_working_directory(tmp_path, monkeypatch):
     """`vqz train`/`vqz bench` defaults: ../shared/data beside the checkout, not only beside the working directory."""
     from tools import options

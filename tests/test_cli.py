@@ -280,3 +280,55 @@ def test_installed_console_script_finds_its_weights(tmp_path):
     assert done.returncode == 0, done.stderr
     bad = subprocess.run([str(script), "decode", "missing.vqz"], cwd=tmp_path, capture_output=True, text=True)
     assert bad.returncode == 2 and "Traceback" not in bad.stderr
+
+
+def test_standard_input_and_output(runner, tmp_path):
+    """`-` reads standard input and `-o -` writes standard output, the same bytes as files; the result line
+    goes to stderr when stdout carries the output."""
+    _ok(runner.invoke(cli, ["encode", str(SAMPLE), "-o", str(tmp_path / "a.vqz")]))
+    coded = (tmp_path / "a.vqz").read_bytes()
+    piped = _ok(runner.invoke(cli, ["encode", "-", "-o", "-"], input=SAMPLE.read_bytes()))
+    assert piped.stdout_bytes == coded and "bpp" in piped.stderr
+    _ok(runner.invoke(cli, ["decode", str(tmp_path / "a.vqz"), "-o", str(tmp_path / "a.png")]))
+    decoded = _ok(runner.invoke(cli, ["decode", "-", "-o", "-"], input=coded))
+    assert decoded.stdout_bytes == (tmp_path / "a.png").read_bytes() and "256x256" in decoded.stderr
+    _ok(runner.invoke(cli, ["decode", "-", "-o", str(tmp_path / "b.png")], input=coded))
+    assert (tmp_path / "b.png").read_bytes() == (tmp_path / "a.png").read_bytes()
+    assert "256x256" in _ok(runner.invoke(cli, ["info", "-"], input=coded)).output
+
+
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (["encode", "-"], "standard input) must be the only input"),
+        (["encode", "-", str(SAMPLE), "-o", "."], "standard input) must be the only input"),
+        (["encode", str(SAMPLE), str(SAMPLE), "-o", "-"], "takes one input, not 2"),
+        (["decode", "-", "-o", "x.png"], "not a .vqz file"),
+        (["encode", "-", "-o", "x.vqz"], "standard input: not an image file"),
+    ],
+)
+def test_standard_input_and_output_refusals(runner, tmp_path, monkeypatch, args, needle):
+    monkeypatch.chdir(tmp_path)
+    _bad(runner.invoke(cli, args, input=b"garbage"), needle)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_binary_output_is_refused_on_a_terminal(tmp_path):
+    """`-o -` to a terminal would fill it with bytes: one line, exit 2, nothing written (checked on a real pty)."""
+    import os
+    import pty
+
+    leader, follower = pty.openpty()
+    try:
+        done = subprocess.run(
+            [sys.executable, "-c", "from tools.cli import main; main()", "encode", str(SAMPLE), "-o", "-"],
+            stdout=follower,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=Path(__file__).resolve().parents[1],
+        )
+    finally:
+        os.close(follower)
+        os.close(leader)
+    assert done.returncode == 2 and "standard output is a terminal" in done.stderr
+    assert "Traceback" not in done.stderr
