@@ -35,19 +35,30 @@ def _picture(image: ImageLike) -> Picture:
 
 
 def encode(
-    images: Sequence[ImageLike], model: str | None = None, quality: float | None = None, device: str = "cpu"
+    images: Sequence[ImageLike],
+    model: str | None = None,
+    quality: float | None = None,
+    device: str = "cpu",
+    target_bpp: float | None = None,
 ) -> list[bytes]:
     """Encode many images at once; returns one complete .vqz file (bytes) per image.
 
     `images` is a list, or a (B, H, W, C) array; any array of fewer
     dimensions is refused rather than guessed at (an (H, W, 3) image would
     be read as a batch of its rows): pass a batch of grey images as
-    (B, H, W, 1) or as a list.
+    (B, H, W, 1) or as a list. `target_bpp` (instead of `quality`) gives
+    each image the highest quality whose whole file is at most that many
+    bits per pixel, as `vqz encode --target-bpp` does: a search of several
+    encodes per image, so images are then coded one at a time.
     """
     if isinstance(images, (str, os.PathLike)) or (isinstance(images, np.ndarray) and images.ndim < 4):
         raise InvalidRequestError("encode takes a list of images; for one image pass [image]")
+    if quality is not None and target_bpp is not None:
+        raise InvalidRequestError("give quality or target_bpp, not both")
     codec = get_codec(model)
     pictures = [_picture(i) for i in _listed(images, "encode takes a list of images")]
+    if target_bpp is not None:
+        return [serialize(codec.encode_to_bpp(p, target_bpp, device=device)) for p in pictures]
     return [serialize(c) for c in codec.encode(pictures, quality=quality, device=device)]
 
 

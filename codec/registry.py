@@ -67,9 +67,9 @@ class ImageCodec(abc.ABC):
         (the search may end sooner; it then reports completion).
         """
         if not self.levels:
-            raise InvalidRequestError(f"{self.codec_id} has no quality setting, so --target-bpp does not apply")
+            raise InvalidRequestError(f"{self.codec_id} has no quality setting, so a target bpp does not apply")
         if not target_bpp > 0:
-            raise InvalidRequestError("--target-bpp must be positive")
+            raise InvalidRequestError(f"a target of {target_bpp:g} bpp: it must be positive")
         from bitstream import serialize
 
         made = 0

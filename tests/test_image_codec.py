@@ -60,6 +60,21 @@ def test_target_bpp_lands_at_or_under_the_target(gmm, sample_pixels):
         gmm.encode_to_bpp(picture, low / 2)
 
 
+def test_library_target_bpp_is_the_codecs_search(gmm, sample_pixels):
+    import codec
+
+    images = [sample_pixels[:64, :96], sample_pixels[100:, 50:]]
+    files = codec.encode(images, target_bpp=0.5)
+    assert files == [serialize(gmm.encode_to_bpp(Picture.from_array(i), 0.5)) for i in images]
+    assert all(8 * len(f) / (i.shape[0] * i.shape[1]) <= 0.5 for f, i in zip(files, images))
+    with pytest.raises(InvalidRequestError, match="not both"):
+        codec.encode(images, quality=3, target_bpp=0.5)
+    with pytest.raises(InvalidRequestError, match="positive"):
+        codec.encode(images, target_bpp=0)
+    with pytest.raises(InvalidRequestError, match="does not apply"):
+        codec.encode(images, model="lossless-delta", target_bpp=4)
+
+
 def test_batch_equals_one_by_one(gmm, sample_pixels):
     pictures = [
         Picture.from_array(sample_pixels[:100, :120]),
