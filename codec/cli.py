@@ -8,6 +8,7 @@ atomically and never replace a file without --force.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
@@ -32,6 +33,16 @@ class UserError(click.ClickException):
         click.echo(f"vqz: error: {self.message}", err=True)
 
 
+def _debugging() -> bool:
+    return bool(click.get_current_context().find_root().params.get("debug"))
+
+
+def _message(exc: Exception) -> str:
+    if isinstance(exc, OSError) and exc.filename:
+        return f"{exc.filename}: {exc.strerror or exc}"
+    return str(exc)
+
+
 def friendly_errors(fn: Callable) -> Callable:
     """Turn expected failures into one line and exit code 2 (traceback with --debug)."""
 
@@ -40,13 +51,31 @@ def friendly_errors(fn: Callable) -> Callable:
         try:
             return fn(*args, **kwargs)
         except (VqzError, OSError) as exc:
-            if click.get_current_context().find_root().params.get("debug"):
+            if _debugging():
                 raise
-            if isinstance(exc, OSError) and exc.filename:
-                raise UserError(f"{exc.filename}: {exc.strerror or exc}") from None
-            raise UserError(str(exc)) from None
+            raise UserError(_message(exc)) from None
 
     return wrapper
+
+
+@contextlib.contextmanager
+def _on_input(path: Path, index: int, count: int):
+    """A failure while coding input `path` names it; of several inputs, it says how many were written before.
+
+    The first failure stops the command (exit 2), so that a script sees it;
+    the outputs already written stay, complete.
+    """
+    try:
+        yield
+    except (VqzError, OSError) as exc:
+        if _debugging():
+            raise
+        message, name = _message(exc), "standard input" if is_stdio(path) else str(path)
+        if not message.startswith((f"{name}:", f"{path}:")) and not (isinstance(exc, OSError) and exc.filename):
+            message = f"{name}: {message}"
+        if count > 1:
+            message += f" (stopped there: {index} of {count} written)"
+        raise UserError(message) from None
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -156,7 +185,7 @@ def _output_paths(inputs: Sequence[Path], output_name: str | None, suffix: str, 
         if not is_stdio(path) and key == path.resolve():  # even with --force: the input would be gone
             raise UserError(f"{path} would be overwritten by its own output (give -o another name)")
         if out.exists() and not force:
-            raise UserError(f"{out} exists (use --force to overwrite)")
+            raise UserError(f"{out} exists (give -o another name, or --force to replace it)")
     return outputs
 
 
@@ -186,21 +215,24 @@ def encode(inputs, output, model, quality, target_bpp, device, show_psnr, force)
     outputs = _output_paths(inputs, output, ".vqz", force)
     with _ProgressBar(len(inputs), "encoding") as bar:
         for index, (path, out) in enumerate(zip(inputs, outputs)):
-            picture = read_image(path)
-            progress = bar.for_input(index)
-            if target_bpp is not None:
-                container = codec.encode_to_bpp(picture, target_bpp, device=device, progress=progress)
-            else:
-                container = codec.encode([picture], quality=quality, device=device, progress=progress)[0]
-            data = serialize(container)
-            line = f"{path} -> {out}: {len(data):,} bytes, {8 * len(data) / picture.info.pixels:.4f} bpp"
-            if show_psnr:  # before writing: a failure here leaves no file behind
-                decoded = codec.decode([container], device=device)[0]
-                reference = picture.pixels  # what was coded: opaque alpha is dropped by the lossy codecs only
-                if reference.shape[2] != decoded.pixels.shape[2]:
-                    reference = picture.without_opaque_alpha().pixels
-                line += f", PSNR {psnr(reference, decoded.pixels):.2f} dB"
-            write_output(out, data, force=force)
+            with _on_input(path, index, len(inputs)):
+                picture = read_image(path)
+                progress = bar.for_input(index)
+                if target_bpp is not None:
+                    container = codec.encode_to_bpp(picture, target_bpp, device=device, progress=progress)
+                else:
+                    container = codec.encode([picture], quality=quality, device=device, progress=progress)[0]
+                data = serialize(container)
+                line = f"{path} -> {out}: {len(data):,} bytes, {8 * len(data) / picture.info.pixels:.4f} bpp"
+                if codec.levels:  # the quality a --target-bpp search chose, or the default
+                    line += f", quality {registry.parameters(container)['quality']:g}"
+                if show_psnr:  # before writing: a failure here leaves no file behind
+                    decoded = codec.decode([container], device=device)[0]
+                    reference = picture.pixels  # what was coded: opaque alpha is dropped by the lossy codecs only
+                    if reference.shape[2] != decoded.pixels.shape[2]:
+                        reference = picture.without_opaque_alpha().pixels
+                    line += f", PSNR {psnr(reference, decoded.pixels):.2f} dB"
+                write_output(out, data, force=force)
             bar.echo(line, err=is_stdio(out))
 
 
@@ -216,10 +248,11 @@ def decode(inputs, output, device, force) -> None:
     formats = [output_format(out) for out in outputs]
     with _ProgressBar(len(inputs), "decoding") as bar:
         for index, (path, out, fmt) in enumerate(zip(inputs, outputs, formats)):
-            container = parse(read_input(path))
-            codec = registry.codec_for(container)
-            picture = codec.decode([container], device=device, progress=bar.for_input(index))[0]
-            write_output(out, image_bytes(picture, fmt), force=force)
+            with _on_input(path, index, len(inputs)):
+                container = parse(read_input(path))
+                codec = registry.codec_for(container)
+                picture = codec.decode([container], device=device, progress=bar.for_input(index))[0]
+                write_output(out, image_bytes(picture, fmt), force=force)
             bar.echo(f"{path} -> {out}: {picture.info.width}x{picture.info.height}", err=is_stdio(out))
 
 
@@ -232,6 +265,7 @@ def describe(container: Container, size: int) -> dict:
         "codec": container.codec_id,
         "weights_digest": container.weights_digest.hex(),
         "file_bytes": size,
+        "parameters": registry.parameters(container),
         "metadata": {k: len(v) for k, v in container.metadata.items()},
         "chunks": [
             {
@@ -279,6 +313,8 @@ def info(file: Path, as_json: bool) -> None:
     else:
         click.echo(f"  {d['frames']} frames at {d['sample_rate']} Hz, {d['channels']} channel(s)")
         click.echo(f"  {d['file_bytes']:,} bytes, {d['bits_per_second']:.0f} bits per second")
+    if d["parameters"]:
+        click.echo("  " + ", ".join(f"{k.replace('_', ' ')} {v:g}" for k, v in d["parameters"].items()))
     for key, length in d["metadata"].items():
         click.echo(f"  metadata {key}: {length} bytes")
     click.echo(f"  {len(d['chunks'])} chunk(s)")

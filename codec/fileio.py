@@ -55,7 +55,7 @@ def atomic_write(path: str | os.PathLike, data: bytes, force: bool = False) -> N
     """
     target = Path(path)
     if target.exists() and not force:
-        raise InvalidRequestError(f"{target} exists (use --force to overwrite)")
+        raise InvalidRequestError(f"{target} exists (give -o another name, or --force to replace it)")
     if target.is_dir():
         raise InvalidRequestError(f"{target} is a directory")
     folder = target.parent
@@ -93,7 +93,7 @@ def _link_new(tmp: str, target: Path) -> None:
     try:
         os.link(tmp, target)
     except FileExistsError:
-        raise InvalidRequestError(f"{target} exists (use --force to overwrite)") from None
+        raise InvalidRequestError(f"{target} exists (give -o another name, or --force to replace it)") from None
     except OSError as exc:
         if exc.errno not in NO_HARD_LINKS:
             raise

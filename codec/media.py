@@ -218,6 +218,7 @@ OUTPUT_FORMATS = {
 }
 _NETPBM = ("PPM", "PGM", "PNM")
 _WITHOUT_ICC = ("BMP", *_NETPBM)
+_WITHOUT_ALPHA = ("BMP", *_NETPBM)  # Pillow writes RGBA as a 32-bit BMP whose fourth byte readers ignore
 
 
 def output_format(path: str | os.PathLike) -> str:
@@ -225,7 +226,8 @@ def output_format(path: str | os.PathLike) -> str:
     suffix = os.path.splitext(os.fspath(path))[1].lower()
     if suffix not in OUTPUT_FORMATS:
         raise InvalidRequestError(
-            f"{os.fspath(path)}: decoded images are written as .png, .tif, .bmp or .ppm/.pgm (lossless), not {suffix}"
+            f"{os.fspath(path)}: decoded images are written as .png, .tif/.tiff, .bmp or .ppm/.pgm/.pnm (lossless), "
+            f"not {suffix}"
         )
     return OUTPUT_FORMATS[suffix]
 
@@ -235,8 +237,8 @@ def image_bytes(picture: Picture, fmt: str = "PNG") -> bytes:
     p = picture.pixels
     if fmt in _WITHOUT_ICC and picture.icc:
         raise UnsupportedMediaError(f"{fmt} cannot hold this image's ICC colour profile: write .png or .tif")
-    if fmt in _NETPBM and p.shape[2] == 4:
-        raise UnsupportedMediaError(f"{fmt} cannot hold an alpha channel: write .png, .tif or .bmp")
+    if fmt in _WITHOUT_ALPHA and p.shape[2] == 4:
+        raise UnsupportedMediaError(f"{fmt} cannot hold an alpha channel: write .png or .tif")
     if fmt == "PGM" and p.shape[2] != 1:
         raise UnsupportedMediaError("PGM holds grey images and this one is in colour: write .ppm or .png")
     if fmt == "PPM" and p.shape[2] == 1:

@@ -132,6 +132,8 @@ class Entry:
     name: str
     target: str  # "module:attribute" of a zero-argument factory
     description: str
+    # "module:function" (params bytes, codec id) -> dict, reading the header's parameters without the model
+    parameters: str = ""
 
 
 _ENTRIES: dict[str, Entry] = {}
@@ -139,10 +141,20 @@ _BUILT: dict[str, ImageCodec] = {}
 DEFAULT_IMAGE_CODEC = "hyperprior-gmm"
 
 
-def register(name: str, target: str, description: str) -> None:
+def register(name: str, target: str, description: str, parameters: str = "") -> None:
     if name in _ENTRIES:
         raise ValueError(f"codec {name!r} is already registered")
-    _ENTRIES[name] = Entry(name, target, description)
+    _ENTRIES[name] = Entry(name, target, description, parameters)
+
+
+def parameters(container: Container) -> dict[str, float | int]:
+    """The coding parameters in `container`'s header (quality, tile size) as plain data, read without
+    building its codec (so `vqz info` loads no model); empty for codecs without any, or unknown ones."""
+    entry = _ENTRIES.get(container.codec_id)
+    if entry is None or not entry.parameters or container.media_kind != MediaKind.IMAGE:
+        return {}
+    module, attribute = entry.parameters.split(":")
+    return getattr(importlib.import_module(module), attribute)(container.params, container.codec_id)
 
 
 def entries() -> list[Entry]:
@@ -184,11 +196,13 @@ register(
     "hyperprior-gmm",
     "codec.image_codec:default_codec",
     "learned lossy image codec: GDN transforms, Gaussian-mixture hyperprior, one variable-rate model",
+    parameters="codec.tile_params:describe",
 )
 register(
     "vq-mcq",
     "codec.vq_codec:default_codec",
     "learned lossy image codec for low rates: multi-codebook key-value VQ at three levels, 7 rate points",
+    parameters="codec.tile_params:describe",
 )
 register(
     "lossless-delta",

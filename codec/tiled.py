@@ -13,8 +13,8 @@ the rest the same way for all of them:
   BATCH_TILES and BATCH_PIXELS at a time (full 1024-pixel tiles go in
   pairs: the activations of four were most of an 8000x8000 photo's peak
   memory);
-- codec parameters in the container (7 bytes, little-endian): layout
-  version (u8, 1), quality (f32), tile size / 64 (u16);
+- codec parameters in the container: quality and tile size
+  (codec/tile_params.py);
 - decoded tiles are written into the canvas; grey files are averaged back
   to one channel.
 """
@@ -24,7 +24,6 @@ from __future__ import annotations
 import abc
 import math
 import numbers
-import struct
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
@@ -35,14 +34,12 @@ from bitstream import Chunk, ChunkKind, Container
 from codec.errors import InvalidRequestError, UnsupportedMediaError
 from codec.media import Picture
 from codec.registry import ImageCodec, Progress, device_name
+from codec.tile_params import ALIGN, pack, unpack
 from entropy import CorruptStreamError
 
-PARAMS = struct.Struct("<BfH")
-PARAMS_LAYOUT = 1
 DEFAULT_TILE = 1024
 MAX_TILE = 1024  # the largest tile a file may declare: every encoder so far wrote 1024, and larger
 # tiles would let a file past the per-call memory bound (BATCH_PIXELS allows one tile at least)
-ALIGN = 64  # the coarsest latents are at 1/64 resolution
 BATCH_TILES = 4  # tiles per network call, at most...
 BATCH_PIXELS = 1 << 21  # ...and (padded) pixels per network call: bounds peak memory
 
@@ -158,7 +155,7 @@ class TiledImageCodec(ImageCodec):
             payloads.update(zip(batch, self._encode_batch(x, q, dev)))
             if progress:
                 progress(len(payloads), len(jobs))
-        params = PARAMS.pack(PARAMS_LAYOUT, q, DEFAULT_TILE // ALIGN)
+        params = pack(q, DEFAULT_TILE)
         out = []
         for i, picture in enumerate(pictures):
             chunks = [Chunk(ChunkKind.DATA, payloads[(i, t)]) for t in tile_grid(*rgb[i].shape[:2], DEFAULT_TILE)]
@@ -169,20 +166,16 @@ class TiledImageCodec(ImageCodec):
 
     # -- decode ---------------------------------------------------------------
     def _parse_params(self, container: Container) -> tuple[float, int]:
-        if len(container.params) != PARAMS.size:
-            raise CorruptStreamError(f"{self.codec_id} parameters must be {PARAMS.size} bytes")
-        layout, q, tile_units = PARAMS.unpack(container.params)
-        if layout != PARAMS_LAYOUT:
-            raise CorruptStreamError(f"unknown {self.codec_id} parameter layout {layout}")
+        q, tile = unpack(container.params, self.codec_id)
         if not (math.isfinite(q) and 1.0 <= q <= self.levels):
             raise CorruptStreamError(f"quality {q} is out of range 1..{self.levels}")
-        if not 1 <= tile_units <= MAX_TILE // ALIGN:
-            raise CorruptStreamError(f"tile size {tile_units * ALIGN} is out of range 64..{MAX_TILE}")
+        if not ALIGN <= tile <= MAX_TILE:
+            raise CorruptStreamError(f"tile size {tile} is out of range {ALIGN}..{MAX_TILE}")
         if container.media.bit_depth != 8:
             raise CorruptStreamError(f"{self.codec_id} files hold 8-bit images")
         if container.media.channels not in (1, 3):
             raise CorruptStreamError(f"{self.codec_id} files hold 1 or 3 channels, not {container.media.channels}")
-        return q, tile_units * ALIGN
+        return q, tile
 
     def decode(
         self, containers: Sequence[Container], device: str = "cpu", progress: Progress | None = None

@@ -332,3 +332,40 @@ def test_binary_output_is_refused_on_a_terminal(tmp_path):
         os.close(leader)
     assert done.returncode == 2 and "standard output is a terminal" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_the_quality_is_shown_when_coding_and_by_info(runner, tmp_path):
+    """The result line names the quality (the one a --target-bpp search chose); `vqz info` reads it back
+    from the header without loading a model."""
+    from codec import registry
+
+    line = _ok(runner.invoke(cli, ["encode", str(SAMPLE), "-q", "2.5", "-o", str(tmp_path / "a.vqz")])).output
+    assert "quality 2.5" in line
+    d = json.loads(_ok(runner.invoke(cli, ["info", "--json", str(tmp_path / "a.vqz")])).output)
+    assert d["parameters"] == {"quality": 2.5, "tile_size": 1024}
+    assert "quality 2.5, tile size 1024" in _ok(runner.invoke(cli, ["info", str(tmp_path / "a.vqz")])).output
+    line = _ok(runner.invoke(cli, ["encode", str(SAMPLE), "--target-bpp", "0.3", "-o", str(tmp_path / "b.vqz")]))
+    chosen = json.loads(_ok(runner.invoke(cli, ["info", "--json", str(tmp_path / "b.vqz")])).output)["parameters"]
+    assert 1 < chosen["quality"] < 11 and f"quality {chosen['quality']:g}" in line.output
+    _ok(runner.invoke(cli, ["encode", str(SAMPLE), "--model", "lossless-delta", "-o", str(tmp_path / "c.vqz")]))
+    assert json.loads(_ok(runner.invoke(cli, ["info", "--json", str(tmp_path / "c.vqz")])).output)["parameters"] == {}
+    registry._BUILT.clear()  # info must not need the model: no codec gets built
+    _ok(runner.invoke(cli, ["info", str(tmp_path / "a.vqz")]))
+    assert registry._BUILT == {}
+
+
+def test_a_failing_input_is_named_and_the_count_written_before_it_given(runner, tmp_path):
+    """Of several inputs, the first that fails stops the command: named, with how many were written before it."""
+    _ok(runner.invoke(cli, ["encode", str(SAMPLE), "-o", str(tmp_path / "a.vqz")]))
+    shutil.copy(tmp_path / "a.vqz", tmp_path / "b.vqz")
+    (tmp_path / "junk.vqz").write_bytes(b"junk")
+    (tmp_path / "out").mkdir()
+    inputs = [str(tmp_path / n) for n in ("a.vqz", "junk.vqz", "b.vqz")]
+    failed = _bad(runner.invoke(cli, ["decode", *inputs, "-o", str(tmp_path / "out")]), "not a .vqz file")
+    assert failed.stderr.strip().endswith(
+        f"{inputs[1]}: not a .vqz file (wrong magic bytes) (stopped there: 1 of 3 written)"
+    )
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a.png"]  # complete, and kept
+    alone = _bad(runner.invoke(cli, ["decode", inputs[1], "-o", str(tmp_path / "j.png")]), f"{inputs[1]}: not a")
+    assert "stopped" not in alone.stderr  # one input: nothing to count
+    _bad(runner.invoke(cli, ["encode", str(SAMPLE), inputs[1], "-o", str(tmp_path / "out")]), "1 of 2 written")

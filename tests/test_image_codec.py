@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+import codec.tile_params as tile_params
 import codec.tiled as tiled
 from bitstream import ImageInfo, parse, serialize
 from codec.errors import InvalidRequestError, UnsupportedMediaError
@@ -100,14 +101,14 @@ def test_progress_counts_tiles_as_they_are_coded(gmm, sample_pixels, monkeypatch
 def test_tiles_are_counted_before_any_work(gmm, sample_pixels, monkeypatch):
     """A ~100-byte file may declare millions of tiles, or tiles past the memory bound: refused at once."""
     container = gmm.encode([Picture.from_array(sample_pixels[:48, :64])], quality=2)[0]
-    layout, q, _ = tiled.PARAMS.unpack(container.params)
+    layout, q, _ = tile_params.PARAMS.unpack(container.params)
     container.media = ImageInfo(1 << 28, 1, 3)  # the largest picture a reader allows
-    container.params = tiled.PARAMS.pack(layout, q, 1)  # in 64-pixel tiles: 4,194,304 of them
+    container.params = tile_params.PARAMS.pack(layout, q, 1)  # in 64-pixel tiles: 4,194,304 of them
     monkeypatch.setattr(tiled, "tile_grid", None)  # building that grid took 15 s and 1.5 GB
     with pytest.raises(CorruptStreamError, match="1 data chunks for 4194304 tiles"):
         gmm.decode([parse(serialize(container))])
     container.media = ImageInfo(64, 48, 3)
-    container.params = tiled.PARAMS.pack(layout, q, 2048 // tiled.ALIGN)
+    container.params = tile_params.PARAMS.pack(layout, q, 2048 // tile_params.ALIGN)
     with pytest.raises(CorruptStreamError, match="tile size 2048 is out of range"):
         gmm.decode([parse(serialize(container))])
 
@@ -123,14 +124,14 @@ def test_headers_their_encoders_never_write_are_refused(sample_pixels):
         get_codec("lossless-delta").decode([parse(serialize(exact))])
     vq = get_codec("vq-mcq")
     container = vq.encode([picture], quality=2)[0]
-    layout, _, tile = tiled.PARAMS.unpack(container.params)
-    container.params = tiled.PARAMS.pack(layout, 2.5, tile)  # vq-mcq writes whole rate points only
+    layout, _, tile = tile_params.PARAMS.unpack(container.params)
+    container.params = tile_params.PARAMS.pack(layout, 2.5, tile)  # vq-mcq writes whole rate points only
     with pytest.raises(CorruptStreamError, match="not a rate point"):
         vq.decode([parse(serialize(container))])
 
 
 def test_the_encoder_writes_tiles_its_decoder_accepts():
-    assert tiled.ALIGN <= tiled.DEFAULT_TILE <= tiled.MAX_TILE and tiled.DEFAULT_TILE % tiled.ALIGN == 0
+    assert tile_params.ALIGN <= tiled.DEFAULT_TILE <= tiled.MAX_TILE and tiled.DEFAULT_TILE % tile_params.ALIGN == 0
 
 
 def test_network_calls_are_bounded_in_tiles_and_pixels():

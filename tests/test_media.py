@@ -115,8 +115,12 @@ def test_decoded_images_are_written_in_lossless_formats_only():
     for name in ("a.jpg", "a.webp", "a.avif"):
         with pytest.raises(InvalidRequestError, match="lossless"):
             output_format(name)
-    with pytest.raises(UnsupportedMediaError, match="alpha"):
-        image_bytes(Picture(np.zeros((2, 2, 4), np.uint8)), "PPM")
+    rgba = Picture(np.random.default_rng(5).integers(0, 256, (9, 7, 4), dtype=np.uint8))
+    for name in ("a.png", "a.tif"):  # alpha kept...
+        assert np.array_equal(load_image(image_bytes(rgba, output_format(name))).pixels, rgba.pixels), name
+    for fmt in ("PPM", "PNM", "BMP"):  # ...or refused, never dropped (a 32-bit BMP's fourth byte reads as padding)
+        with pytest.raises(UnsupportedMediaError, match="alpha"):
+            image_bytes(rgba, fmt)
     grey = Picture(p.pixels[:, :, :1].copy())
     assert image_bytes(grey, output_format("a.pgm"))[:2] == b"P5"
     assert image_bytes(grey, output_format("a.pnm"))[:2] == b"P5"

@@ -111,13 +111,13 @@ def mosaic(kodak: Path, size: int) -> np.ndarray:
 
 def seams(kodak: Path, quality: float, size: int = 2000, tile: int = 1024) -> dict:
     """PSNR and rate of a size x size mosaic coded whole (one tile) and in tiles of `tile` pixels."""
-    from codec import tiled
+    from codec import tile_params, tiled
 
     picture = Picture.from_array(mosaic(kodak, size))
     codec = get_codec("hyperprior-gmm")
     out = {}
     default, largest = tiled.DEFAULT_TILE, tiled.MAX_TILE
-    whole = -(-size // tiled.ALIGN) * tiled.ALIGN
+    whole = -(-size // tile_params.ALIGN) * tile_params.ALIGN
     try:
         for label, side in (("whole", whole), (f"tiled_{tile}", tile)):
             tiled.DEFAULT_TILE = tiled.MAX_TILE = side  # files only this process reads: decoders refuse > 1024
