@@ -123,7 +123,8 @@ class ImageCodec(abc.ABC):
         if container.weights_digest != self.weights_digest:
             raise WeightsMismatchError(
                 f"file was made with {self.codec_id} weights {container.weights_digest.hex()}, "
-                f"but the installed weights are {self.weights_digest.hex()}"
+                f"but the installed weights are {self.weights_digest.hex()} (decode it with the vqz that made it, "
+                "or encode the original again)"
             )
 
 

@@ -88,6 +88,10 @@ def test_a_new_run_continues_from_the_committed_checkpoint(tmp_path, monkeypatch
     (run / "checkpoint.pt").write_bytes(b"newer")
     train_image.seed_from_committed(run, "hyperprior-gmm", messages.append)  # never overwrites a run
     assert (run / "checkpoint.pt").read_bytes() == b"newer"
+    fresh = tmp_path / "fresh"
+    fresh.mkdir()
+    train_image.seed_from_committed(fresh, "vq", messages.append)  # none committed: said, not silent
+    assert "no committed checkpoint for vq" in messages[-1] and not list(fresh.iterdir())
 
 
 def _two_level_run(tmp_path: Path) -> tuple[HyperpriorConfig, TrainOptions, dict]:

@@ -448,7 +448,10 @@ def seed_from_committed(out_dir: Path, arch: str, log=print) -> None:
     checkpoint under weights/training/, and the next one continues from it.
     """
     committed = COMMITTED / f"{arch}-checkpoint.pt"
-    if (out_dir / "checkpoint.pt").exists() or not committed.exists():
+    if (out_dir / "checkpoint.pt").exists():
+        return
+    if not committed.exists():
+        log(f"no committed checkpoint for {arch} (looked for {committed}): a new model, from step 0")
         return
     shutil.copyfile(committed, out_dir / "checkpoint.pt")
     curve = COMMITTED / f"{arch}-curve.csv"
