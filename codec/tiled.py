@@ -84,7 +84,9 @@ def batches(items: list, shape) -> Iterator[list]:
 def torch_device(device: str | torch.device) -> torch.device:
     name = device_name(device)
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise InvalidRequestError("--device cuda was asked for, but no CUDA device is available")
+        raise InvalidRequestError(f"device {name} was asked for, but no CUDA device is available")
+    if name.startswith("cuda:") and int(name[5:]) >= torch.cuda.device_count():
+        raise InvalidRequestError(f"device {name} was asked for, but there are {torch.cuda.device_count()} GPUs")
     return torch.device(name)
 
 
