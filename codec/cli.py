@@ -154,7 +154,7 @@ def _output_paths(inputs: Sequence[Path], output_name: str | None, suffix: str, 
     `-` is standard input as the one input (then -o names the output) and
     standard output as `-o -` (for one input; refused on a terminal).
     """
-    if any(is_stdio(p) for p in inputs) and (len(inputs) > 1 or output_name is None):
+    if any(is_stdio(p) for p in inputs) and (len(inputs) > 1 or output_name is None or Path(output_name).is_dir()):
         raise UserError("- (standard input) must be the only input, with -o naming the output (a file, or -)")
     for path in inputs:
         if not is_stdio(path) and (not path.name or path.is_dir()):

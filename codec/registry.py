@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import abc
 import importlib
+import numbers
 import re
 from dataclasses import dataclass
 from typing import Callable, Sequence
@@ -68,6 +69,8 @@ class ImageCodec(abc.ABC):
         """
         if not self.levels:
             raise InvalidRequestError(f"{self.codec_id} has no quality setting, so a target bpp does not apply")
+        if not isinstance(target_bpp, numbers.Real) or isinstance(target_bpp, bool):
+            raise InvalidRequestError(f"a target bpp is a number, not a {type(target_bpp).__name__}")
         if not target_bpp > 0:
             raise InvalidRequestError(f"a target of {target_bpp:g} bpp: it must be positive")
         from bitstream import serialize

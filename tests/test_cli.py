@@ -302,6 +302,7 @@ def test_standard_input_and_output(runner, tmp_path):
     [
         (["encode", "-"], "standard input) must be the only input"),
         (["encode", "-", str(SAMPLE), "-o", "."], "standard input) must be the only input"),
+        (["encode", "-", "-o", "."], "standard input) must be the only input"),
         (["encode", str(SAMPLE), str(SAMPLE), "-o", "-"], "takes one input, not 2"),
         (["decode", "-", "-o", "x.png"], "not a .vqz file"),
         (["encode", "-", "-o", "x.vqz"], "standard input: not an image file"),

@@ -72,6 +72,8 @@ def test_library_target_bpp_is_the_codecs_search(gmm, sample_pixels):
         codec.encode(images, quality=3, target_bpp=0.5)
     with pytest.raises(InvalidRequestError, match="positive"):
         codec.encode(images, target_bpp=0)
+    with pytest.raises(InvalidRequestError, match="a number, not a str"):
+        codec.encode(images, target_bpp="0.5")
     with pytest.raises(InvalidRequestError, match="does not apply"):
         codec.encode(images, model="lossless-delta", target_bpp=4)
 
