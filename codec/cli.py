@@ -20,7 +20,7 @@ import click
 
 from bitstream import ChunkKind, Container, ImageInfo, VqzError, parse, serialize
 from codec import registry
-from codec.fileio import is_stdio, read_input, write_output
+from codec.fileio import STDIN, STDOUT, StandardStream, display_name, read_input, write_output
 from codec.media import image_bytes, output_format, psnr, read_image
 
 EXIT_BAD_INPUT = 2
@@ -50,6 +50,8 @@ def friendly_errors(fn: Callable) -> Callable:
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
+        except BrokenPipeError:
+            raise  # the reader of -o - went away: click ends quietly (exit 1), as `cat` does
         except (VqzError, OSError) as exc:
             if _debugging():
                 raise
@@ -59,19 +61,22 @@ def friendly_errors(fn: Callable) -> Callable:
 
 
 @contextlib.contextmanager
-def _on_input(path: Path, index: int, count: int):
+def _on_input(path: Path | StandardStream, index: int, count: int):
     """A failure while coding input `path` names it; of several inputs, it says how many were written before.
 
     The first failure stops the command (exit 2), so that a script sees it;
-    the outputs already written stay, complete.
+    the outputs already written stay, complete. (Options are checked before
+    any input, so that their errors are not put down to one.)
     """
     try:
         yield
+    except BrokenPipeError:
+        raise
     except (VqzError, OSError) as exc:
         if _debugging():
             raise
-        message, name = _message(exc), "standard input" if is_stdio(path) else str(path)
-        if not message.startswith((f"{name}:", f"{path}:")) and not (isinstance(exc, OSError) and exc.filename):
+        message, name = _message(exc), display_name(path)
+        if not message.startswith(f"{name}:") and not (isinstance(exc, OSError) and exc.filename):
             message = f"{name}: {message}"
         if count > 1:
             message += f" (stopped there: {index} of {count} written)"
@@ -148,23 +153,31 @@ class _ProgressBar:
         return report
 
 
-def _output_paths(inputs: Sequence[Path], output_name: str | None, suffix: str, force: bool) -> list[Path]:
+def _inputs(arguments: Sequence[str]) -> list[Path | StandardStream]:
+    """The input arguments as paths, `-` as STDIN (a file named - is ./-: its own path, not standard input)."""
+    return [STDIN if a == "-" else Path(a) for a in arguments]
+
+
+def _output_paths(
+    inputs: Sequence[Path | StandardStream], output_name: str | None, suffix: str, force: bool
+) -> list[Path | StandardStream]:
     """Where each input's result goes; refused before any work if two would share a file or one exists.
 
-    `-` is standard input as the one input (then -o names the output) and
-    standard output as `-o -` (for one input; refused on a terminal).
+    STDIN (`-`) must be the one input, with -o naming the output; `-o -`
+    is STDOUT, for one input, refused on a terminal.
     """
-    if any(is_stdio(p) for p in inputs) and (len(inputs) > 1 or output_name is None or Path(output_name).is_dir()):
+    to_stdout = output_name == "-"
+    if STDIN in inputs and (len(inputs) > 1 or output_name is None or (not to_stdout and Path(output_name).is_dir())):
         raise UserError("- (standard input) must be the only input, with -o naming the output (a file, or -)")
     for path in inputs:
-        if not is_stdio(path) and (not path.name or path.is_dir()):
+        if path is not STDIN and (not path.name or path.is_dir()):
             raise UserError(f"{path}: is a folder, not a file")
-    if output_name is not None and is_stdio(output_name):
+    if to_stdout:
         if len(inputs) > 1:
             raise UserError(f"-o - (standard output) takes one input, not {len(inputs)}")
         if sys.stdout.isatty():
             raise UserError("-o -: standard output is a terminal (redirect it to a file or a pipe)")
-        return [Path(output_name)]
+        return [STDOUT]
     output = None if output_name is None else Path(output_name)
     if output is not None and output_name.endswith(("/", os.sep)) and not output.is_dir():
         raise UserError(f"-o {output_name}: no such folder")  # a folder was meant: not a file of that name
@@ -182,7 +195,7 @@ def _output_paths(inputs: Sequence[Path], output_name: str | None, suffix: str, 
         if key in seen:
             raise UserError(f"{seen[key]} and {path} would both be written to {out} (code them one at a time with -o)")
         seen[key] = path
-        if not is_stdio(path) and key == path.resolve():  # even with --force: the input would be gone
+        if path is not STDIN and key == path.resolve():  # even with --force: the input would be gone
             raise UserError(f"{path} would be overwritten by its own output (give -o another name)")
         if out.exists() and not force:
             raise UserError(f"{out} exists (give -o another name, or --force to replace it)")
@@ -190,7 +203,7 @@ def _output_paths(inputs: Sequence[Path], output_name: str | None, suffix: str, 
 
 
 @cli.command()
-@click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.argument("inputs", nargs=-1, required=True, type=click.Path(allow_dash=True))
 @click.option("-o", "--output", type=click.Path(), help="Output file (or folder, for several inputs; - for stdout).")
 @click.option("--model", default=None, help=f"Codec name (default {registry.DEFAULT_IMAGE_CODEC}); see `vqz models`.")
 @click.option(
@@ -203,7 +216,7 @@ def _output_paths(inputs: Sequence[Path], output_name: str | None, suffix: str, 
 @click.option(
     "--target-bpp", type=float, default=None, help="Highest quality whose file is at most this many bits per pixel."
 )
-@click.option("--device", default="cpu", show_default=True, help="cpu or cuda: where the networks run.")
+@click.option("--device", default="cpu", show_default=True, help="cpu, cuda or cuda:N: where the networks run.")
 @click.option("--psnr", "show_psnr", is_flag=True, help="Also decode and print the PSNR.")
 @click.option("-f", "--force", is_flag=True, help="Overwrite existing outputs.")
 @friendly_errors
@@ -212,6 +225,8 @@ def encode(inputs, output, model, quality, target_bpp, device, show_psnr, force)
     codec = registry.get_codec(model)
     if quality is not None and target_bpp is not None:
         raise UserError("give --quality or --target-bpp, not both")
+    codec.check_options(quality=quality, device=device, target_bpp=target_bpp)
+    inputs = _inputs(inputs)
     outputs = _output_paths(inputs, output, ".vqz", force)
     with _ProgressBar(len(inputs), "encoding") as bar:
         for index, (path, out) in enumerate(zip(inputs, outputs)):
@@ -224,8 +239,8 @@ def encode(inputs, output, model, quality, target_bpp, device, show_psnr, force)
                     container = codec.encode([picture], quality=quality, device=device, progress=progress)[0]
                 data = serialize(container)
                 line = f"{path} -> {out}: {len(data):,} bytes, {8 * len(data) / picture.info.pixels:.4f} bpp"
-                if codec.levels:  # the quality a --target-bpp search chose, or the default
-                    line += f", quality {registry.parameters(container)['quality']:g}"
+                if "quality" in (parameters := registry.parameters(container)):  # what --target-bpp chose
+                    line += f", quality {parameters['quality']:g}"
                 if show_psnr:  # before writing: a failure here leaves no file behind
                     decoded = codec.decode([container], device=device)[0]
                     reference = picture.pixels  # what was coded: opaque alpha is dropped by the lossy codecs only
@@ -233,19 +248,21 @@ def encode(inputs, output, model, quality, target_bpp, device, show_psnr, force)
                         reference = picture.without_opaque_alpha().pixels
                     line += f", PSNR {psnr(reference, decoded.pixels):.2f} dB"
                 write_output(out, data, force=force)
-            bar.echo(line, err=is_stdio(out))
+            bar.echo(line, err=out is STDOUT)
 
 
 @cli.command()
-@click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.argument("inputs", nargs=-1, required=True, type=click.Path(allow_dash=True))
 @click.option("-o", "--output", type=click.Path(), help="Output file (or folder, for several inputs; - for stdout).")
-@click.option("--device", default="cpu", show_default=True, help="cpu or cuda: where the networks run.")
+@click.option("--device", default="cpu", show_default=True, help="cpu, cuda or cuda:N: where the networks run.")
 @click.option("-f", "--force", is_flag=True, help="Overwrite existing outputs.")
 @friendly_errors
 def decode(inputs, output, device, force) -> None:
     """Decode .vqz files to PNG (or TIFF, BMP, PPM/PGM: by the -o file name's ending; - reads standard input)."""
+    registry.check_device(device)
+    inputs = _inputs(inputs)
     outputs = _output_paths(inputs, output, ".png", force)
-    formats = [output_format(out) for out in outputs]
+    formats = ["PNG" if out is STDOUT else output_format(out) for out in outputs]
     with _ProgressBar(len(inputs), "decoding") as bar:
         for index, (path, out, fmt) in enumerate(zip(inputs, outputs, formats)):
             with _on_input(path, index, len(inputs)):
@@ -253,7 +270,7 @@ def decode(inputs, output, device, force) -> None:
                 codec = registry.codec_for(container)
                 picture = codec.decode([container], device=device, progress=bar.for_input(index))[0]
                 write_output(out, image_bytes(picture, fmt), force=force)
-            bar.echo(f"{path} -> {out}: {picture.info.width}x{picture.info.height}", err=is_stdio(out))
+            bar.echo(f"{path} -> {out}: {picture.info.width}x{picture.info.height}", err=out is STDOUT)
 
 
 def describe(container: Container, size: int) -> dict:
@@ -265,7 +282,7 @@ def describe(container: Container, size: int) -> dict:
         "codec": container.codec_id,
         "weights_digest": container.weights_digest.hex(),
         "file_bytes": size,
-        "parameters": registry.parameters(container),
+        "parameters": {},
         "metadata": {k: len(v) for k, v in container.metadata.items()},
         "chunks": [
             {
@@ -275,6 +292,10 @@ def describe(container: Container, size: int) -> dict:
             for c in container.chunks
         ],
     }
+    try:
+        out["parameters"] = registry.parameters(container)
+    except VqzError as exc:  # shown, not fatal: the rest of the header is still worth seeing
+        out["parameters_error"] = str(exc)
     if isinstance(media, ImageInfo):
         out.update(
             width=media.width,
@@ -294,18 +315,21 @@ def describe(container: Container, size: int) -> dict:
 
 
 @cli.command()
-@click.argument("file", type=click.Path(path_type=Path))
+@click.argument("file", type=click.Path(allow_dash=True))
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @friendly_errors
-def info(file: Path, as_json: bool) -> None:
-    """Show the header of a .vqz file (every checksum is verified)."""
-    data = read_input(file)
-    d = describe(parse(data), len(data))
+def info(file: str, as_json: bool) -> None:
+    """Show the header of a .vqz file (every checksum is verified; - reads standard input)."""
+    (path,) = _inputs([file])
+    with _on_input(path, 0, 1):
+        data = read_input(path)
+        d = describe(parse(data), len(data))
     if as_json:
         click.echo(json.dumps(d, indent=2))
         return
     click.echo(
-        f"{file}: vqz format {d['format_version']}, {d['media']}, codec {d['codec']} (weights {d['weights_digest']})"
+        f"{display_name(path)}: vqz format {d['format_version']}, {d['media']}, codec {d['codec']} "
+        f"(weights {d['weights_digest']})"
     )
     if d["media"] == "image":
         click.echo(f"  {d['width']}x{d['height']}, {d['channels']} channel(s), {d['bit_depth']}-bit")
@@ -315,6 +339,8 @@ def info(file: Path, as_json: bool) -> None:
         click.echo(f"  {d['file_bytes']:,} bytes, {d['bits_per_second']:.0f} bits per second")
     if d["parameters"]:
         click.echo("  " + ", ".join(f"{k.replace('_', ' ')} {v:g}" for k, v in d["parameters"].items()))
+    if "parameters_error" in d:
+        click.echo(f"  parameters unreadable: {d['parameters_error']}")
     for key, length in d["metadata"].items():
         click.echo(f"  metadata {key}: {length} bytes")
     click.echo(f"  {len(d['chunks'])} chunk(s)")
@@ -367,4 +393,5 @@ def run(args: Sequence[str] | None = None, prog_name: str = "vqz") -> None:
     except click.Abort:
         click.echo("Aborted!", err=True)
         sys.exit(1)
+
     sys.exit(result if isinstance(result, int) else 0)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import io
 import os
 import stat
 import sys
@@ -11,19 +12,42 @@ from pathlib import Path
 
 from codec.errors import InvalidRequestError
 
-#: the file name that means standard input (as an input) or standard output (as `-o`), as in cwebp or zstd
-STDIO = "-"
+
+class StandardStream:
+    """Standard input or output: what `-` names on the command line (a file named - is ./- there).
+
+    Only the CLI makes these (STDIN, STDOUT); a path string "-" given to the
+    library is a file of that name.
+    """
+
+    def __init__(self, role: str):
+        self.role = role
+
+    def __str__(self) -> str:
+        return "-"
+
+    def __repr__(self) -> str:
+        return f"<{self.role}>"
 
 
-def is_stdio(path: str | os.PathLike) -> bool:
-    return os.fspath(path) == STDIO
+STDIN = StandardStream("standard input")
+STDOUT = StandardStream("standard output")
 
 
-def read_input(path: str | os.PathLike) -> bytes:
-    """The bytes of an input file (`-`: standard input); a device (/dev/zero, a disk) is refused rather than
+def is_stdio(path: object) -> bool:
+    return isinstance(path, StandardStream)
+
+
+def display_name(path: str | os.PathLike | StandardStream) -> str:
+    """How messages name an input or output."""
+    return path.role if isinstance(path, StandardStream) else os.fspath(path)
+
+
+def read_input(path: str | os.PathLike | StandardStream) -> bytes:
+    """The bytes of an input file or of STDIN; a device (/dev/zero, a disk, a terminal) is refused rather than
     read without end."""
-    if is_stdio(path):
-        return sys.stdin.buffer.read()
+    if path is STDIN:
+        return _read_stdin()
     mode = os.stat(path).st_mode  # a missing file raises the usual OSError, with its name
     if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
         raise InvalidRequestError(f"{os.fspath(path)}: is a device, not a file")
@@ -31,9 +55,23 @@ def read_input(path: str | os.PathLike) -> bytes:
         return f.read()
 
 
-def write_output(path: str | os.PathLike, data: bytes, force: bool = False) -> None:
-    """`atomic_write`, or `data` to standard output for `-`."""
-    if not is_stdio(path):
+def _read_stdin() -> bytes:
+    if sys.stdin is None:
+        raise InvalidRequestError("standard input is closed")
+    try:
+        mode = os.fstat(sys.stdin.fileno()).st_mode
+    except (OSError, ValueError, io.UnsupportedOperation):  # closed, or a stream without a descriptor (tests)
+        mode = None
+    if mode is not None and (stat.S_ISCHR(mode) or stat.S_ISBLK(mode)):
+        raise InvalidRequestError(
+            "standard input is a terminal or a device: pipe a file into it (vqz encode - < a.png)"
+        )
+    return sys.stdin.buffer.read()
+
+
+def write_output(path: str | os.PathLike | StandardStream, data: bytes, force: bool = False) -> None:
+    """`atomic_write`, or `data` to STDOUT (refused on a terminal)."""
+    if path is not STDOUT:
         atomic_write(path, data, force)
         return
     if sys.stdout.isatty():

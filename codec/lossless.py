@@ -53,10 +53,16 @@ class LosslessDelta(ImageCodec):
         device: str = "cpu",
         progress: Progress | None = None,
     ) -> list[Container]:
+        self.check_options(quality, device)
+        return _each(self._encode_one, pictures, progress)
+
+    def check_options(
+        self, quality: float | None = None, device: object = "cpu", target_bpp: float | None = None
+    ) -> None:
+        # runs on the CPU whatever the device, but a misspelt one is still an error (the base class's check)
+        super().check_options(quality, device, target_bpp)
         if quality is not None:  # accepting and ignoring it would let a user believe it did something
             raise InvalidRequestError(f"{self.codec_id} is exact and has no quality setting")
-        device_name(device)  # runs on the CPU whatever the device, but a misspelt one is still an error
-        return _each(self._encode_one, pictures, progress)
 
     def _encode_one(self, picture: Picture) -> Container:
         chunks = []

@@ -24,7 +24,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from bitstream import ImageInfo, Limits
 from codec.errors import InvalidRequestError, UnsupportedMediaError
-from codec.fileio import is_stdio, read_input
+from codec.fileio import StandardStream, display_name, read_input
 
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _EXIF_ORIENTATION = 0x0112
@@ -187,15 +187,15 @@ def _exact_mode(im: Image.Image) -> Image.Image:
     return im
 
 
-def read_image(path: str | os.PathLike, limits: Limits = Limits()) -> Picture:
-    """`load_image` of a file; a file that cannot be read is an `UnsupportedMediaError` too."""
+def read_image(path: str | os.PathLike | StandardStream, limits: Limits = Limits()) -> Picture:
+    """`load_image` of a file (or of the CLI's STDIN); a file that cannot be read is an `UnsupportedMediaError`."""
     try:
         data = read_input(path)
     except InvalidRequestError as exc:
         raise UnsupportedMediaError(str(exc)) from None
     except OSError as exc:
-        raise UnsupportedMediaError(f"{os.fspath(path)}: {exc.strerror or exc}") from None
-    return load_image(data, "standard input" if is_stdio(path) else os.fspath(path), limits)
+        raise UnsupportedMediaError(f"{display_name(path)}: {exc.strerror or exc}") from None
+    return load_image(data, display_name(path), limits)
 
 
 def psnr(reference: np.ndarray, decoded: np.ndarray) -> float:

@@ -56,6 +56,25 @@ class ImageCodec(abc.ABC):
     ) -> list[Picture]:
         """One picture per container (each already checked with `check`)."""
 
+    def check_options(
+        self, quality: float | None = None, device: object = "cpu", target_bpp: float | None = None
+    ) -> None:
+        """Refuse options this codec cannot serve, before any picture is read.
+
+        `encode` and `encode_to_bpp` make the same checks; the CLI calls this
+        once, up front, so that an option error is never reported as the
+        failure of an input file. Subclasses add their quality range.
+        """
+        device_name(device)
+        if target_bpp is None:
+            return
+        if not self.levels:
+            raise InvalidRequestError(f"{self.codec_id} has no quality setting, so a target bpp does not apply")
+        if not isinstance(target_bpp, numbers.Real) or isinstance(target_bpp, bool):
+            raise InvalidRequestError(f"a target bpp is a number, not a {type(target_bpp).__name__}")
+        if not target_bpp > 0:
+            raise InvalidRequestError(f"a target of {target_bpp:g} bpp: it must be positive")
+
     def encode_to_bpp(
         self, picture: Picture, target_bpp: float, device: str = "cpu", progress: Progress | None = None
     ) -> Container:
@@ -67,12 +86,7 @@ class ImageCodec(abc.ABC):
         `progress` counts the attempts' work as if all ATTEMPTS were made
         (the search may end sooner; it then reports completion).
         """
-        if not self.levels:
-            raise InvalidRequestError(f"{self.codec_id} has no quality setting, so a target bpp does not apply")
-        if not isinstance(target_bpp, numbers.Real) or isinstance(target_bpp, bool):
-            raise InvalidRequestError(f"a target bpp is a number, not a {type(target_bpp).__name__}")
-        if not target_bpp > 0:
-            raise InvalidRequestError(f"a target of {target_bpp:g} bpp: it must be positive")
+        self.check_options(device=device, target_bpp=target_bpp)
         from bitstream import serialize
 
         made = 0
@@ -170,6 +184,19 @@ def device_name(device: object) -> str:
     name = "cpu" if device is None else str(device) if type(device).__name__ == "device" else device
     if not isinstance(name, str) or not (name in ("cpu", "cuda") or re.fullmatch(r"cuda:\d+", name)):
         raise InvalidRequestError(f"unknown device {device!r} (cpu, cuda or cuda:N)")
+    return name
+
+
+def check_device(device: object) -> str:
+    """`device_name`, and for a GPU one that this machine has (torch is imported only then)."""
+    name = device_name(device)
+    if name.startswith("cuda"):
+        import torch
+
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if int(name.partition(":")[2] or 0) >= count:
+            has = f"{count} CUDA device{'s' if count > 1 else ''}" if count else "no CUDA device"
+            raise InvalidRequestError(f"device {name} was asked for, but this machine has {has}")
     return name
 
 

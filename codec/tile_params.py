@@ -34,4 +34,4 @@ def unpack(params: bytes, codec_id: str) -> tuple[float, int]:
 def describe(params: bytes, codec_id: str) -> dict[str, float | int]:
     """The parameters as plain data (`vqz info`, the encoder's result line)."""
     quality, tile = unpack(params, codec_id)
-    return {"quality": quality, "tile_size": tile}
+    return {"quality": float(f"{quality:.7g}"), "tile_size": tile}  # 2.3, not float32's 2.299999952316284

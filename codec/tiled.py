@@ -33,7 +33,7 @@ import torch
 from bitstream import Chunk, ChunkKind, Container
 from codec.errors import InvalidRequestError, UnsupportedMediaError
 from codec.media import Picture
-from codec.registry import ImageCodec, Progress, device_name
+from codec.registry import ImageCodec, Progress, check_device
 from codec.tile_params import ALIGN, pack, unpack
 from entropy import CorruptStreamError
 
@@ -82,12 +82,7 @@ def batches(items: list, shape) -> Iterator[list]:
 
 
 def torch_device(device: str | torch.device) -> torch.device:
-    name = device_name(device)
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise InvalidRequestError(f"device {name} was asked for, but no CUDA device is available")
-    if name.startswith("cuda:") and int(name[5:]) >= torch.cuda.device_count():
-        raise InvalidRequestError(f"device {name} was asked for, but there are {torch.cuda.device_count()} GPUs")
-    return torch.device(name)
+    return torch.device(check_device(device))
 
 
 def tile_tensor(rgb: np.ndarray, t: Tile, ph: int, pw: int) -> torch.Tensor:
@@ -119,6 +114,13 @@ class TiledImageCodec(ImageCodec):
         self, payloads: Sequence[bytes], qualities: Sequence[float], shape: tuple[int, int], device: torch.device
     ) -> torch.Tensor:
         """Tiles (B, 3, ph, pw), about [0, 1], from their payloads."""
+
+    def check_options(
+        self, quality: float | None = None, device: object = "cpu", target_bpp: float | None = None
+    ) -> None:
+        super().check_options(quality, device, target_bpp)
+        self._quality(quality)
+        check_device(device)
 
     def _quality(self, quality: float | None) -> float:
         """The quality the header stores (float32-exact, so both sides agree), checked."""

@@ -314,6 +314,67 @@ def test_standard_input_and_output_refusals(runner, tmp_path, monkeypatch, args,
     assert list(tmp_path.iterdir()) == []
 
 
+def test_a_file_named_dash_is_dot_slash_dash_and_a_folder_named_dash_is_no_stdout(runner, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    shutil.copy(SAMPLE, tmp_path / "-")
+    _ok(runner.invoke(cli, ["encode", "./-", "-o", "a.vqz"], input=b"not this"))  # the file, not standard input
+    assert (tmp_path / "a.vqz").exists()
+    (tmp_path / "-").unlink()
+    (tmp_path / "-").mkdir()
+    piped = _ok(runner.invoke(cli, ["encode", "-", "-o", "-"], input=SAMPLE.read_bytes()))
+    assert piped.stdout_bytes == (tmp_path / "a.vqz").read_bytes()
+
+
+def _vqz(*args: str, **kwargs) -> subprocess.CompletedProcess:
+    """The real console entry point in a child process (for what CliRunner cannot fake: ttys, pipes, devices)."""
+    command = [sys.executable, "-c", "from tools.cli import main; main()", *args]
+    return subprocess.run(command, cwd=Path(__file__).resolve().parents[1], **kwargs)
+
+
+def test_standard_input_from_a_device_or_closed_is_refused(tmp_path):
+    for stdin in (subprocess.DEVNULL, None):  # /dev/null is a device; None: closed below
+        if stdin is None:
+            done = subprocess.run(
+                [sys.executable, "-c", "import os, sys; os.close(0); sys.stdin = None; "
+                 "from tools.cli import main; main()", "decode", "-", "-o", str(tmp_path / "x.png")],
+                cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True,
+            )  # fmt: skip
+        else:
+            done = _vqz("decode", "-", "-o", str(tmp_path / "x.png"), stdin=stdin, capture_output=True, text=True)
+        assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+        assert "standard input is" in done.stderr
+    assert not (tmp_path / "x.png").exists()
+
+
+def test_a_reader_that_goes_away_ends_the_command_quietly(tmp_path):
+    """`vqz decode a.vqz -o - | head -c 8`: no error message (click's handling: exit 1), not an input's failure."""
+    import os
+
+    _ok(CliRunner().invoke(cli, ["encode", str(SAMPLE), "-o", str(tmp_path / "a.vqz")]))
+    read, write = os.pipe()
+    os.close(read)  # nobody will read
+    try:
+        done = _vqz("decode", str(tmp_path / "a.vqz"), "-o", "-", stdout=write, stderr=subprocess.PIPE, text=True)
+    finally:
+        os.close(write)
+    assert done.returncode == 1 and done.stderr == ""
+
+
+def test_option_errors_are_not_put_down_to_an_input(runner, tmp_path):
+    inputs = [str(SAMPLE), str(SAMPLE.with_name("missing.png"))]
+    for options, needle in (
+        (["--target-bpp", "0"], "a target of 0 bpp: it must be positive"),
+        (["-q", "40"], "quality must be between 1 and 11"),
+        (["--device", "cuda:7"], "device cuda:7 was asked for"),
+        (["--model", "lossless-delta", "--target-bpp", "3"], "so a target bpp does not apply"),
+    ):
+        failed = _bad(runner.invoke(cli, ["encode", *inputs, "-o", str(tmp_path), *options]), needle)
+        assert str(SAMPLE) not in failed.stderr and "stopped" not in failed.stderr
+    failed = _bad(runner.invoke(cli, ["decode", "a.vqz", "b.vqz", "-o", str(tmp_path), "--device", "cuda:7"]), "cuda:7")
+    assert "a.vqz" not in failed.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_binary_output_is_refused_on_a_terminal(tmp_path):
     """`-o -` to a terminal would fill it with bytes: one line, exit 2, nothing written (checked on a real pty)."""
     import os
@@ -321,13 +382,7 @@ def test_binary_output_is_refused_on_a_terminal(tmp_path):
 
     leader, follower = pty.openpty()
     try:
-        done = subprocess.run(
-            [sys.executable, "-c", "from tools.cli import main; main()", "encode", str(SAMPLE), "-o", "-"],
-            stdout=follower,
-            stderr=subprocess.PIPE,
-            text=True,
-            cwd=Path(__file__).resolve().parents[1],
-        )
+        done = _vqz("encode", str(SAMPLE), "-o", "-", stdout=follower, stderr=subprocess.PIPE, text=True)
     finally:
         os.close(follower)
         os.close(leader)
@@ -340,16 +395,24 @@ def test_the_quality_is_shown_when_coding_and_by_info(runner, tmp_path):
     from the header without loading a model."""
     from codec import registry
 
-    line = _ok(runner.invoke(cli, ["encode", str(SAMPLE), "-q", "2.5", "-o", str(tmp_path / "a.vqz")])).output
-    assert "quality 2.5" in line
+    line = _ok(runner.invoke(cli, ["encode", str(SAMPLE), "-q", "2.3", "-o", str(tmp_path / "a.vqz")])).output
+    assert line.endswith("quality 2.3\n")
     d = json.loads(_ok(runner.invoke(cli, ["info", "--json", str(tmp_path / "a.vqz")])).output)
-    assert d["parameters"] == {"quality": 2.5, "tile_size": 1024}
-    assert "quality 2.5, tile size 1024" in _ok(runner.invoke(cli, ["info", str(tmp_path / "a.vqz")])).output
+    assert d["parameters"] == {"quality": 2.3, "tile_size": 1024}  # as given, not float32's 2.2999999523
+    assert "quality 2.3, tile size 1024" in _ok(runner.invoke(cli, ["info", str(tmp_path / "a.vqz")])).output
     line = _ok(runner.invoke(cli, ["encode", str(SAMPLE), "--target-bpp", "0.3", "-o", str(tmp_path / "b.vqz")]))
     chosen = json.loads(_ok(runner.invoke(cli, ["info", "--json", str(tmp_path / "b.vqz")])).output)["parameters"]
     assert 1 < chosen["quality"] < 11 and f"quality {chosen['quality']:g}" in line.output
     _ok(runner.invoke(cli, ["encode", str(SAMPLE), "--model", "lossless-delta", "-o", str(tmp_path / "c.vqz")]))
     assert json.loads(_ok(runner.invoke(cli, ["info", "--json", str(tmp_path / "c.vqz")])).output)["parameters"] == {}
+    from bitstream import parse, serialize
+
+    odd = parse((tmp_path / "a.vqz").read_bytes())
+    odd.params = b"\x02" + odd.params[1:]  # a parameter layout this vqz does not know: the header is still shown
+    (tmp_path / "odd.vqz").write_bytes(serialize(odd))
+    shown = _ok(runner.invoke(cli, ["info", str(tmp_path / "odd.vqz")])).output
+    assert "parameters unreadable: unknown hyperprior-gmm parameter layout 2" in shown and "256x256" in shown
+    _bad(runner.invoke(cli, ["info", str(SAMPLE)]), f"{SAMPLE}: not a .vqz file")  # errors name the file
     registry._BUILT.clear()  # info must not need the model: no codec gets built
     _ok(runner.invoke(cli, ["info", str(tmp_path / "a.vqz")]))
     assert registry._BUILT == {}

@@ -61,6 +61,19 @@ def test_target_bpp_lands_at_or_under_the_target(gmm, sample_pixels):
         gmm.encode_to_bpp(picture, low / 2)
 
 
+def test_a_gpu_is_checked_against_the_ones_the_machine_has(monkeypatch):
+    from codec.registry import check_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    assert check_device("cuda") == "cuda" and check_device("cuda:0") == "cuda:0" and check_device(None) == "cpu"
+    with pytest.raises(InvalidRequestError, match="cuda:1 was asked for, but this machine has 1 CUDA device$"):
+        check_device("cuda:1")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(InvalidRequestError, match="cuda was asked for, but this machine has no CUDA device"):
+        check_device("cuda")
+
+
 def test_library_target_bpp_is_the_codecs_search(gmm, sample_pixels):
     import codec
 

@@ -119,8 +119,8 @@ def train() -> None:
     default=30000,
     show_default=True,
     type=click.IntRange(min=1),
-    help="The step where the schedule ends and training stops; at or below the checkpoint's step "
-    "(129,719 for the committed hyperprior-gmm) there is nothing to train.",
+    help="The step where the schedule ends and training stops; at or below the checkpoint's step (a new "
+    "run folder starts from the committed one: see README, Training) there is nothing to train.",
 )
 @click.option("--batch", default=8, show_default=True, type=click.IntRange(min=1))
 @click.option("--crop", default=128, show_default=True, type=click.IntRange(min=64), help="A multiple of 64.")

@@ -451,7 +451,10 @@ def seed_from_committed(out_dir: Path, arch: str, log=print) -> None:
     if (out_dir / "checkpoint.pt").exists():
         return
     if not committed.exists():
-        log(f"no committed checkpoint for {arch} (looked for {committed}): a new model, from step 0")
+        log(
+            f"no committed checkpoint for {arch} (looked for {committed}; an installed wheel has none: train from "
+            "a checkout, installed with pip install -e .): a new model, from step 0"
+        )
         return
     shutil.copyfile(committed, out_dir / "checkpoint.pt")
     curve = COMMITTED / f"{arch}-curve.csv"
