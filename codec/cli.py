@@ -240,7 +240,7 @@ def encode(inputs, output, model, quality, target_bpp, device, show_psnr, force)
                 data = serialize(container)
                 line = f"{path} -> {out}: {len(data):,} bytes, {8 * len(data) / picture.info.pixels:.4f} bpp"
                 if "quality" in (parameters := registry.parameters(container)):  # what --target-bpp chose
-                    line += f", quality {parameters['quality']:g}"
+                    line += f", quality {parameters['quality']:.9g}"
                 if show_psnr:  # before writing: a failure here leaves no file behind
                     decoded = codec.decode([container], device=device)[0]
                     reference = picture.pixels  # what was coded: opaque alpha is dropped by the lossy codecs only
@@ -338,7 +338,7 @@ def info(file: str, as_json: bool) -> None:
         click.echo(f"  {d['frames']} frames at {d['sample_rate']} Hz, {d['channels']} channel(s)")
         click.echo(f"  {d['file_bytes']:,} bytes, {d['bits_per_second']:.0f} bits per second")
     if d["parameters"]:
-        click.echo("  " + ", ".join(f"{k.replace('_', ' ')} {v:g}" for k, v in d["parameters"].items()))
+        click.echo("  " + ", ".join(f"{k.replace('_', ' ')} {v:.9g}" for k, v in d["parameters"].items()))
     if "parameters_error" in d:
         click.echo(f"  parameters unreadable: {d['parameters_error']}")
     for key, length in d["metadata"].items():

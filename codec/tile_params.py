@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import struct
 
+import numpy as np
+
 from entropy import CorruptStreamError
 
 PARAMS = struct.Struct("<BfH")
@@ -34,4 +36,5 @@ def unpack(params: bytes, codec_id: str) -> tuple[float, int]:
 def describe(params: bytes, codec_id: str) -> dict[str, float | int]:
     """The parameters as plain data (`vqz info`, the encoder's result line)."""
     quality, tile = unpack(params, codec_id)
-    return {"quality": float(f"{quality:.7g}"), "tile_size": tile}  # 2.3, not float32's 2.299999952316284
+    # the shortest decimal that is this float32 (2.3, not 2.299999952316284; 1.6640625 stays whole)
+    return {"quality": float(str(np.float32(quality))), "tile_size": tile}

@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import codec.tile_params as tile_params
 import codec.tiled as tiled
@@ -421,3 +423,25 @@ def _round_trip_with(codec, picture, **kw):
     """A round trip through bytes with a codec that is not registered (its decode is called directly)."""
     data = serialize(codec.encode([picture], **kw)[0])
     return codec.decode([parse(data)])[0], data
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    quality=st.floats(1.0, 11.0, width=32),
+    tile=st.integers(1, 1024).map(lambda u: u * 64),
+    params=st.binary(max_size=12),
+)
+def test_tile_parameters_round_trip_and_other_bytes_are_refused_or_read_as_written(quality, tile, params):
+    """The header's quality and tile size come back as written; any other bytes are refused or, when they
+    happen to be of the right size and layout, read as what they say (never an exception of another kind)."""
+    from entropy import CorruptStreamError
+
+    assert tile_params.unpack(tile_params.pack(quality, tile), "c") == (quality, tile)
+    shown = tile_params.describe(tile_params.pack(quality, tile), "c")["quality"]
+    assert np.float32(shown) == np.float32(quality) and len(repr(shown)) <= len(repr(quality))  # shorter, same
+    try:
+        q, t = tile_params.unpack(params, "c")
+    except CorruptStreamError:
+        assert len(params) != tile_params.PARAMS.size or params[0] != tile_params.PARAMS_LAYOUT
+    else:
+        assert params[0] == tile_params.PARAMS_LAYOUT and t % tile_params.ALIGN == 0
