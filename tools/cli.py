@@ -206,7 +206,7 @@ def train_image(
 
     out_dir = out_dir or Path("runs") / arch
     if not (data_root / "bsds500").is_dir():
-        raise UserError(f"{data_root}: no bsds500/ training folder there")
+        raise UserError(f"{data_root}: no bsds500/ training folder there (--data names the folder that has one)")
     opts = TrainOptions(
         data_root=data_root,
         out_dir=out_dir,
