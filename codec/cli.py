@@ -238,7 +238,8 @@ def encode(inputs, output, model, quality, target_bpp, device, show_psnr, force)
                 else:
                     container = codec.encode([picture], quality=quality, device=device, progress=progress)[0]
                 data = serialize(container)
-                line = f"{path} -> {out}: {len(data):,} bytes, {8 * len(data) / picture.info.pixels:.4f} bpp"
+                line = f"{display_name(path)} -> {display_name(out)}: {len(data):,} bytes, "
+                line += f"{8 * len(data) / picture.info.pixels:.4f} bpp"
                 if "quality" in (parameters := registry.parameters(container)):  # what --target-bpp chose
                     line += f", quality {parameters['quality']:.9g}"
                 if show_psnr:  # before writing: a failure here leaves no file behind
@@ -259,7 +260,7 @@ def encode(inputs, output, model, quality, target_bpp, device, show_psnr, force)
 @friendly_errors
 def decode(inputs, output, device, force) -> None:
     """Decode .vqz files to PNG (or TIFF, BMP, PPM/PGM: by the -o file name's ending; - reads standard input)."""
-    registry.check_device(device)
+    registry.device_name(device)  # its form; whether it is there, each file's codec checks (a CPU codec runs anyway)
     inputs = _inputs(inputs)
     outputs = _output_paths(inputs, output, ".png", force)
     formats = ["PNG" if out is STDOUT else output_format(out) for out in outputs]
@@ -268,9 +269,12 @@ def decode(inputs, output, device, force) -> None:
             with _on_input(path, index, len(inputs)):
                 container = parse(read_input(path))
                 codec = registry.codec_for(container)
+            codec.check_options(device=device)  # an option error (no such GPU), not this file's
+            with _on_input(path, index, len(inputs)):
                 picture = codec.decode([container], device=device, progress=bar.for_input(index))[0]
                 write_output(out, image_bytes(picture, fmt), force=force)
-            bar.echo(f"{path} -> {out}: {picture.info.width}x{picture.info.height}", err=out is STDOUT)
+            line = f"{display_name(path)} -> {display_name(out)}: {picture.info.width}x{picture.info.height}"
+            bar.echo(line, err=out is STDOUT)
 
 
 def describe(container: Container, size: int) -> dict:
@@ -325,7 +329,7 @@ def info(file: str, as_json: bool) -> None:
         data = read_input(path)
         d = describe(parse(data), len(data))
     if as_json:
-        click.echo(json.dumps(d, indent=2))
+        click.echo(json.dumps(d, indent=2, allow_nan=False))
         return
     click.echo(
         f"{display_name(path)}: vqz format {d['format_version']}, {d['media']}, codec {d['codec']} "

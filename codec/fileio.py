@@ -39,8 +39,10 @@ def is_stdio(path: object) -> bool:
 
 
 def display_name(path: str | os.PathLike | StandardStream) -> str:
-    """How messages name an input or output."""
-    return path.role if isinstance(path, StandardStream) else os.fspath(path)
+    """How messages name an input or output (a file named - as ./-, so that it does not read as a stream)."""
+    if isinstance(path, StandardStream):
+        return path.role
+    return "./-" if os.fspath(path) == "-" else os.fspath(path)
 
 
 def read_input(path: str | os.PathLike | StandardStream) -> bytes:
@@ -57,15 +59,13 @@ def read_input(path: str | os.PathLike | StandardStream) -> bytes:
 
 def _read_stdin() -> bytes:
     if sys.stdin is None:
-        raise InvalidRequestError("standard input is closed")
+        raise InvalidRequestError("standard input: closed")
     try:
         mode = os.fstat(sys.stdin.fileno()).st_mode
     except (OSError, ValueError, io.UnsupportedOperation):  # closed, or a stream without a descriptor (tests)
         mode = None
     if mode is not None and (stat.S_ISCHR(mode) or stat.S_ISBLK(mode)):
-        raise InvalidRequestError(
-            "standard input is a terminal or a device: pipe a file into it (vqz encode - < a.png)"
-        )
+        raise InvalidRequestError("standard input: a terminal or a device (pipe or redirect a file into it: - < FILE)")
     return sys.stdin.buffer.read()
 
 

@@ -8,6 +8,7 @@ values against their own ranges when they decode.
 
 from __future__ import annotations
 
+import math
 import struct
 
 import numpy as np
@@ -36,5 +37,7 @@ def unpack(params: bytes, codec_id: str) -> tuple[float, int]:
 def describe(params: bytes, codec_id: str) -> dict[str, float | int]:
     """The parameters as plain data (`vqz info`, the encoder's result line)."""
     quality, tile = unpack(params, codec_id)
+    if not math.isfinite(quality):  # no encoder writes one; JSON has no NaN
+        raise CorruptStreamError(f"quality {quality} is not a number")
     # the shortest decimal that is this float32 (2.3, not 2.299999952316284; 1.6640625 stays whole)
     return {"quality": float(str(np.float32(quality))), "tile_size": tile}

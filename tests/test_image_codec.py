@@ -443,5 +443,6 @@ def test_tile_parameters_round_trip_and_other_bytes_are_refused_or_read_as_writt
         q, t = tile_params.unpack(params, "c")
     except CorruptStreamError:
         assert len(params) != tile_params.PARAMS.size or params[0] != tile_params.PARAMS_LAYOUT
-    else:
-        assert params[0] == tile_params.PARAMS_LAYOUT and t % tile_params.ALIGN == 0
+    else:  # read as written: the float32 and tile units of bytes 1-4 and 5-6
+        assert params[0] == tile_params.PARAMS_LAYOUT and np.float32(q).tobytes() == params[1:5]
+        assert t == int.from_bytes(params[5:7], "little") * tile_params.ALIGN
