@@ -49,3 +49,17 @@ def test_the_shared_data_is_found_from_any_working_directory(tmp_path, monkeypat
     assert options.shared_data("missing") == Path("../shared/data/missing")  # named as the README names it
     (tmp_path / "shared" / "data" / "kodak").mkdir(parents=True)  # one beside the working directory wins
     assert options.shared_data("kodak") == Path("../shared/data/kodak")
+
+
+def test_the_lossless_benchmark_measures_every_coder_on_every_image(tmp_path, sample_pixels):
+    from PIL import Image
+
+    from tools.bench_lossless import run
+
+    Image.fromarray(sample_pixels[:48, :64]).save(tmp_path / "a.png")
+    Image.fromarray(sample_pixels[100:160, 30:110]).save(tmp_path / "b.png")
+    r = run(tmp_path, repeats=1)
+    assert r["images"] == 2 and [row["image"] for row in r["per_image"]] == ["a.png", "b.png"]
+    s = r["mean_bpp_and_median_times"]
+    assert s["vqz_bpp"] < s["vqz_left_delta_bpp"]  # what the median-edge method is for, on natural pictures
+    assert all(s[f"{name}_bpp"] > 0 and s[f"{name}_decode_s"] > 0 for name in ("vqz", "png", "webp_lossless"))

@@ -328,6 +328,22 @@ def bench_vq(ctx, kodak, repeats, as_json) -> None:
     ctx.invoke(bench_vq.main, kodak=kodak or KODAK, repeats=repeats, as_json=as_json)
 
 
+@bench.command(name="lossless")
+@click.option(
+    "--kodak", type=click.Path(path_type=Path), default=None, help="Kodak folder (default ../shared/data/kodak)."
+)
+@click.option("--repeats", default=3, show_default=True, type=click.IntRange(min=1))
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+@friendly_errors
+def bench_lossless(ctx, kodak, repeats, as_json) -> None:
+    """lossless-delta against PNG and WebP lossless: bits per pixel, encode and decode times."""
+    from tools import bench_image, bench_lossless
+
+    bench_image.check_kodak(kodak or KODAK)
+    ctx.invoke(bench_lossless.main, kodak=kodak or KODAK, repeats=repeats, as_json=as_json)
+
+
 def main() -> None:
     # compressai's import triggers a torch deprecation warning a CLI user can do nothing about (codec's
     # models silence it where they import compressai; a tool may import compressai's models first)
