@@ -238,5 +238,5 @@ register(
 register(
     "lossless-delta",
     "codec.lossless:LosslessDelta",
-    "simple lossless image codec: left-neighbour prediction, per-channel static tables",
+    "exact image codec without weights: median-edge prediction, green-difference residuals, static tables",
 )
