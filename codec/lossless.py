@@ -1,17 +1,20 @@
 """`lossless-delta`: a small exact image codec without weights.
 
-Two methods, told apart by the codec parameters:
+Three methods, told apart by the codec parameters:
 - none (the files of sessions 1-14): each channel predicted from its left
   neighbour (the first column from the pixel above);
-- one byte, 1 (what the encoder writes since session 15): each channel
+- one byte, 2 (what the encoder writes since session 15): each channel
   predicted by the median edge detector of LOCO-I / JPEG-LS from its left,
   upper and upper-left neighbours (the first row from the left, the first
   column from above); in colour pictures red's residual is then coded
   as its difference to green's, and blue's as its difference to the
   mean of red's and green's (the channels' errors move together: on
-  Kodak this takes a third off the file); alpha is coded as it is.
-  10.5 instead of 15.1 bits per pixel on Kodak (docs/models.md,
-  "lossless-delta").
+  Kodak this takes about a quarter off the file); alpha is coded as it
+  is. 10.5 instead of 15.1 bits per pixel on Kodak (docs/models.md,
+  "lossless-delta");
+- one byte, 1: the same with blue's residual against green's alone (1.4%
+  larger; written by one commit of session 15 before method 2, and
+  decoded as such).
 Residuals are taken modulo 256 and range-coded under a static table of
 their frequencies, stored in the chunk. Exact for every 8-bit image
 (grey, RGB, RGBA); no weights, so its files decode forever: the golden
@@ -35,7 +38,7 @@ from codec.registry import ImageCodec, Progress, device_name
 from entropy import CategoricalTable, CorruptStreamError, Decoder, Encoder
 
 _TABLE_BYTES = 256 * 2
-LEFT, MED = b"", b"\x01"  # the methods' codec parameters
+LEFT, MED_GREEN, MED = b"", b"\x01", b"\x02"  # the methods' codec parameters
 
 
 def _residuals(channel: np.ndarray) -> np.ndarray:
@@ -94,27 +97,33 @@ def _mean_of(red: np.ndarray, green: np.ndarray) -> np.ndarray:
     return ((((red + 128) & 0xFF) - 128) + (((green + 128) & 0xFF) - 128)) >> 1
 
 
-def _med_planes(pixels: np.ndarray) -> list[np.ndarray]:
-    """The planes method 1 codes: MED residuals; in colour pictures red's less green's, blue's less the mean
-    of red's and green's (1.4% smaller than blue less green on six Kodak images)."""
+def _blue_reference(method: bytes, red: np.ndarray, green: np.ndarray) -> np.ndarray:
+    """What blue's residual is coded against: the mean of red's and green's (method 2, 1.4% smaller on six
+    Kodak images), or green's (method 1)."""
+    return green if method == MED_GREEN else _mean_of(red, green)
+
+
+def _med_planes(pixels: np.ndarray, method: bytes) -> list[np.ndarray]:
+    """The planes methods 1 and 2 code: MED residuals; in colour pictures red's less green's, blue's less
+    `_blue_reference`."""
     planes = [_med_residuals(np.ascontiguousarray(pixels[:, :, c])) for c in range(pixels.shape[2])]
     if len(planes) >= 3:
         red, green, blue = planes[:3]
-        planes[0], planes[2] = (red - green) & 0xFF, (blue - _mean_of(red, green)) & 0xFF
+        planes[0], planes[2] = (red - green) & 0xFF, (blue - _blue_reference(method, red, green)) & 0xFF
     return planes
 
 
-def _med_pixels(planes: list[np.ndarray]) -> list[np.ndarray]:
+def _med_pixels(planes: list[np.ndarray], method: bytes) -> list[np.ndarray]:
     if len(planes) >= 3:
         green = planes[1]
         red = (planes[0] + green) & 0xFF
-        planes = [red, green, (planes[2] + _mean_of(red, green)) & 0xFF, *planes[3:]]
+        planes = [red, green, (planes[2] + _blue_reference(method, red, green)) & 0xFF, *planes[3:]]
     return [_med_reconstruct(r) for r in planes]
 
 
 class LosslessDelta(ImageCodec):
     codec_id = "lossless-delta"
-    description = "exact; median edge prediction, green-difference residuals, static per-channel tables"
+    description = "exact; median edge prediction, colour-difference residuals, static per-channel tables"
     lossless = True
 
     def encode(
@@ -136,9 +145,9 @@ class LosslessDelta(ImageCodec):
             raise InvalidRequestError(f"{self.codec_id} is exact and has no quality setting")
 
     def _encode_one(self, picture: Picture, method: bytes = MED) -> Container:
-        """`method` LEFT writes the files of sessions 1-14 (for tests and `vqz bench lossless`)."""
-        if method == MED:
-            planes = _med_planes(picture.pixels)
+        """Other methods than MED write the files of earlier versions (for tests and `vqz bench lossless`)."""
+        if method in (MED, MED_GREEN):
+            planes = _med_planes(picture.pixels, method)
         else:
             planes = [_residuals(picture.pixels[:, :, c]) for c in range(picture.pixels.shape[2])]
         chunks = []
@@ -157,7 +166,7 @@ class LosslessDelta(ImageCodec):
 
     def _decode_one(self, container: Container) -> Picture:
         info = container.media
-        if container.params not in (LEFT, MED):
+        if container.params not in (LEFT, MED_GREEN, MED):
             raise CorruptStreamError(f"{self.codec_id} parameters {container.params.hex()!r} name no method of its")
         if info.bit_depth != 8:
             raise CorruptStreamError(f"{self.codec_id} files hold 8-bit images, not {info.bit_depth}-bit")
@@ -173,7 +182,10 @@ class LosslessDelta(ImageCodec):
             if residuals.min() < 0 or residuals.max() > 255:
                 raise CorruptStreamError(f"chunk {index} decodes to values outside 0..255")
             planes.append(residuals.reshape(info.height, info.width))
-        pixels = _med_pixels(planes) if container.params == MED else [_reconstruct(r) for r in planes]
+        if container.params == LEFT:
+            pixels = [_reconstruct(r) for r in planes]
+        else:
+            pixels = _med_pixels(planes, container.params)
         return Picture(np.stack(pixels, axis=2), container.metadata.get("icc"))
 
 

@@ -136,7 +136,7 @@ def test_headers_their_encoders_never_write_are_refused(sample_pixels):
     exact.media = ImageInfo(64, 48, 3, bit_depth=16)
     with pytest.raises(CorruptStreamError, match="8-bit"):
         get_codec("lossless-delta").decode([parse(serialize(exact))])
-    for params in (b"\x02", b"\x01\x00"):  # b"" and b"\x01" are its two methods
+    for params in (b"\x03", b"\x01\x00"):  # b"", b"\x01" and b"\x02" are its methods
         exact.media, exact.params = ImageInfo(64, 48, 3), params
         with pytest.raises(CorruptStreamError, match="name no method"):
             get_codec("lossless-delta").decode([parse(serialize(exact))])
@@ -464,10 +464,11 @@ def test_lossless_is_exact_for_any_picture(shape, seed, smooth):
         pixels = pixels.astype(np.uint8)
     codec = get_codec("lossless-delta")
     container = codec.encode([Picture.from_array(pixels)])[0]
-    assert container.params == b"\x01"
+    assert container.params == b"\x02"
     assert np.array_equal(codec.decode([parse(serialize(container))])[0].pixels, pixels)
-    older = codec._encode_one(Picture.from_array(pixels), method=b"")  # the files of sessions 1-14 still decode
-    assert np.array_equal(codec.decode([parse(serialize(older))])[0].pixels, pixels)
+    for method in (b"", b"\x01"):  # the files of earlier versions still decode
+        older = codec._encode_one(Picture.from_array(pixels), method=method)
+        assert np.array_equal(codec.decode([parse(serialize(older))])[0].pixels, pixels)
 
 
 def test_lossless_colour_residuals_are_coded_against_green():

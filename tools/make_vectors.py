@@ -40,12 +40,17 @@ def _pictures() -> dict[str, tuple[str, Picture]]:
         "lossless_rgb_33x17": ("lossless-delta", Picture.from_array(parrots[100:117, 100:133])),
         "lossless_rgba_16x16": ("lossless-delta", Picture.from_array(rgba)),
         "lossless_rgb_1x1": ("lossless-delta", Picture.from_array(parrots[:1, :1])),
-        # session 15's method (median edge prediction, green differences); the ones above are the left-delta
-        # method's, made before it, and stay as they are
+        # session 15's median-edge methods: lossless_med_* were made with method 1 (blue against green),
+        # lossless_med2_* with method 2 (blue against the mean of red and green), which the encoder writes;
+        # the ones above are the left-delta method's. All stay as they are.
         "lossless_med_grey_7x5": ("lossless-delta", Picture.from_array(parrots[:5, :7, 1])),
         "lossless_med_rgb_33x17": ("lossless-delta", Picture.from_array(parrots[100:117, 100:133])),
         "lossless_med_rgba_16x16": ("lossless-delta", Picture.from_array(rgba)),
         "lossless_med_rgb_1x1": ("lossless-delta", Picture.from_array(parrots[:1, :1])),
+        "lossless_med2_grey_7x5": ("lossless-delta", Picture.from_array(parrots[:5, :7, 1])),
+        "lossless_med2_rgb_33x17": ("lossless-delta", Picture.from_array(parrots[100:117, 100:133])),
+        "lossless_med2_rgba_16x16": ("lossless-delta", Picture.from_array(rgba)),
+        "lossless_med2_rgb_1x1": ("lossless-delta", Picture.from_array(parrots[:1, :1])),
         "hyperprior_rgb_80x48": ("hyperprior-gmm", Picture.from_array(parrots[64:112, 96:176])),
         "vq_rgb_96x70": ("vq-mcq", Picture.from_array(parrots[40:110, 80:176])),
     }
