@@ -166,8 +166,7 @@ class LosslessDelta(ImageCodec):
 
     def _decode_one(self, container: Container) -> Picture:
         info = container.media
-        if container.params not in (LEFT, MED_GREEN, MED):
-            raise CorruptStreamError(f"{self.codec_id} parameters {container.params.hex()!r} name no method of its")
+        describe(container.params, self.codec_id)  # a method of its, or refused
         if info.bit_depth != 8:
             raise CorruptStreamError(f"{self.codec_id} files hold 8-bit images, not {info.bit_depth}-bit")
         data = container.data_chunks()
@@ -187,6 +186,13 @@ class LosslessDelta(ImageCodec):
         else:
             pixels = _med_pixels(planes, container.params)
         return Picture(np.stack(pixels, axis=2), container.metadata.get("icc"))
+
+
+def describe(params: bytes, codec_id: str) -> dict[str, float | int]:
+    """The header's method as plain data (`vqz info`): 0 for left delta, else the parameter byte."""
+    if params not in (LEFT, MED_GREEN, MED):
+        raise CorruptStreamError(f"{codec_id} parameters {params.hex()!r} name no method of its")
+    return {"method": params[0] if params else 0}
 
 
 def _each(code: Callable, items: Sequence, progress: Progress | None) -> list:

@@ -239,4 +239,5 @@ register(
     "lossless-delta",
     "codec.lossless:LosslessDelta",
     "exact image codec without weights: median-edge prediction, green-difference residuals, static tables",
+    parameters="codec.lossless:describe",
 )

@@ -416,7 +416,11 @@ def test_the_quality_is_shown_when_coding_and_by_info(runner, tmp_path):
     shown = float(line.output.rsplit("quality ", 1)[1])  # the whole float32 the header holds, as info reads it
     assert 1 < chosen["quality"] < 11 and shown == chosen["quality"]
     _ok(runner.invoke(cli, ["encode", str(SAMPLE), "--model", "lossless-delta", "-o", str(tmp_path / "c.vqz")]))
-    assert json.loads(_ok(runner.invoke(cli, ["info", "--json", str(tmp_path / "c.vqz")])).output)["parameters"] == {}
+    assert json.loads(_ok(runner.invoke(cli, ["info", "--json", str(tmp_path / "c.vqz")])).output)["parameters"] == {
+        "method": 2
+    }
+    older = _ok(runner.invoke(cli, ["info", str(VECTORS / "lossless_rgb_1x1.vqz")])).output  # a left-delta file
+    assert "\n  method 0\n" in older
     from bitstream import parse, serialize
 
     odd = parse((tmp_path / "a.vqz").read_bytes())
