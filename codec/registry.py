@@ -238,6 +238,6 @@ register(
 register(
     "lossless-delta",
     "codec.lossless:LosslessDelta",
-    "exact image codec without weights: median-edge prediction, green-difference residuals, static tables",
+    "exact image codec without weights: median-edge prediction, colour-difference residuals, static tables",
     parameters="codec.lossless:describe",
 )
