@@ -93,6 +93,25 @@ def test_library_target_bpp_is_the_codecs_search(gmm, sample_pixels):
         codec.encode(images, model="lossless-delta", target_bpp=4)
 
 
+def test_a_bpp_search_runs_the_analysis_once_per_tile(gmm, sample_pixels, monkeypatch):
+    """The gains come after g_a, so a --target-bpp search keeps its output: the same file, one g_a per tile."""
+    from codec.registry import parameters
+
+    picture = Picture.from_array(sample_pixels)
+    calls = []
+    real = gmm._transforms_on
+
+    def counting(device):
+        analysis, synthesis = real(device)
+        return (lambda x: calls.append(x.shape) or analysis(x)), synthesis
+
+    monkeypatch.setattr(gmm, "_transforms_on", counting)
+    found = gmm.encode_to_bpp(picture, 0.5)
+    assert len(calls) == 1 and gmm._searched is None  # one tile; nothing kept after the search
+    fresh = gmm.encode([picture], quality=parameters(found)["quality"])[0]  # g_a run again, as outside a search
+    assert serialize(fresh) == serialize(found) and len(calls) == 2
+
+
 def test_batch_equals_one_by_one(gmm, sample_pixels):
     pictures = [
         Picture.from_array(sample_pixels[:100, :120]),
