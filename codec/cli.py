@@ -20,7 +20,7 @@ import click
 
 from bitstream import ChunkKind, Container, ImageInfo, VqzError, parse, serialize
 from codec import registry
-from codec.fileio import STDIN, STDOUT, StandardStream, display_name, read_input, write_output
+from codec.fileio import STDIN, STDOUT, StandardStream, check_stdout, display_name, read_input, write_output
 from codec.media import image_bytes, output_format, psnr, read_image
 
 EXIT_BAD_INPUT = 2
@@ -175,8 +175,7 @@ def _output_paths(
     if to_stdout:
         if len(inputs) > 1:
             raise UserError(f"-o - (standard output) takes one input, not {len(inputs)}")
-        if sys.stdout.isatty():
-            raise UserError("-o -: standard output is a terminal (redirect it to a file or a pipe)")
+        check_stdout()
         return [STDOUT]
     output = None if output_name is None else Path(output_name)
     if output is not None and output_name.endswith(("/", os.sep)) and not output.is_dir():

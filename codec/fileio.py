@@ -69,13 +69,17 @@ def _read_stdin() -> bytes:
     return sys.stdin.buffer.read()
 
 
+def check_stdout() -> None:
+    """Refuse STDOUT as an output when it is a terminal (binary data would fill it); checked before any work."""
+    if sys.stdout.isatty():
+        raise InvalidRequestError("-o -: standard output is a terminal (redirect it to a file or a pipe)")
+
+
 def write_output(path: str | os.PathLike | StandardStream, data: bytes, force: bool = False) -> None:
-    """`atomic_write`, or `data` to STDOUT (refused on a terminal)."""
+    """`atomic_write`, or `data` to STDOUT (which the caller has checked with `check_stdout`)."""
     if path is not STDOUT:
         atomic_write(path, data, force)
         return
-    if sys.stdout.isatty():
-        raise InvalidRequestError("-o -: standard output is a terminal (redirect it to a file or a pipe)")
     sys.stdout.buffer.write(data)
     sys.stdout.buffer.flush()
 

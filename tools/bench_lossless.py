@@ -16,7 +16,6 @@ from __future__ import annotations
 import io
 import json
 import statistics
-import time
 from pathlib import Path
 
 import click
@@ -26,16 +25,8 @@ from PIL import Image
 from bitstream import parse, serialize
 from codec.media import read_image
 from codec.registry import get_codec
+from tools.bench_entropy import _timed
 from tools.options import KODAK
-
-
-def _timed(fn, repeats: int):
-    times, out = [], None
-    for _ in range(repeats):
-        t = time.perf_counter()
-        out = fn()
-        times.append(time.perf_counter() - t)
-    return out, statistics.median(times)
 
 
 def run(kodak: Path, repeats: int) -> dict:
