@@ -23,7 +23,6 @@ Tiles, batches, codec parameters and pixels are handled by
 from __future__ import annotations
 
 import copy
-import hashlib
 import io
 import math
 import struct
@@ -32,12 +31,9 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from bitstream import Container
 from codec import weights as shipped
-from codec.media import Picture
 from codec.models.exact_conv import ExactConv2d, ExactConvError, quantise_conv
 from codec.models.hyperprior import HyperpriorConfig, HyperpriorGMM, frozen
-from codec.registry import Progress
 from codec.tiled import TiledImageCodec
 from codec.weights import WeightsError
 from entropy import CategoricalTable, CorruptStreamError, Decoder, Encoder
@@ -174,7 +170,6 @@ class HyperpriorCodec(TiledImageCodec):
             raise WeightsError(f"{CODEC_ID} weights lack a valid integer hyper-synthesis head: {exc}") from None
         self._models: dict[str, HyperpriorGMM] = {"cpu": self.model}
         self._transforms: dict[str, tuple[torch.nn.Module, torch.nn.Module]] = {}
-        self._searched: dict[bytes, torch.Tensor] | None = None  # g_a's outputs while encode_to_bpp searches
 
     def z_tables(self, quality: float) -> list[CategoricalTable]:
         """One categorical table per hyper-latent channel for this 1-based quality, built once per quality.
@@ -221,34 +216,10 @@ class HyperpriorCodec(TiledImageCodec):
         return flat(w), flat(m), flat(s)
 
     # -- encode ---------------------------------------------------------------
-    def encode_to_bpp(
-        self, picture: Picture, target_bpp: float, device: str = "cpu", progress: Progress | None = None
-    ) -> Container:
-        """The base class's search, with the analysis transform run once per tile: its output does not depend
-        on the quality (the gains come after it), so each further attempt only scales, rounds and codes it
-        (a Kodak image's search: 1.0 s instead of 1.7; the same file)."""
-        self._searched = {}
-        try:
-            return super().encode_to_bpp(picture, target_bpp, device, progress)
-        finally:
-            self._searched = None
-
-    def _features(self, x: torch.Tensor, device: torch.device) -> torch.Tensor:
-        """g_a(x), kept for the next attempts while a search runs (by the tiles' content: a codec object may
-        be shared, and equal tiles have equal features)."""
-        analysis, _ = self._transforms_on(device)
-        searched = self._searched
-        if searched is None:
-            return analysis(x)
-        key = hashlib.blake2b(x.cpu().numpy().tobytes(), digest_size=16).digest()
-        if key not in searched:
-            searched[key] = analysis(x)
-        return searched[key]
-
     def _encode_batch(self, x: torch.Tensor, quality: float, device: torch.device) -> list[bytes]:
         quality_pos = torch.full((x.shape[0],), quality - 1.0, device=device)
         with torch.no_grad():
-            y, z = self._on(device).latents(self._features(x, device), quality_pos)
+            y, z = self._on(device).latents(self._analysed(x, self._transforms_on(device)[0]), quality_pos)
         y_int = torch.round(y).to("cpu", torch.int32)
         z_int = torch.round(z).to("cpu", torch.int32)
         weights, means, scales = self._mixture(z_int)

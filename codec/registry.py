@@ -83,7 +83,7 @@ class ImageCodec(abc.ABC):
         Bisection over the continuous quality range (file size grows with
         quality). If even the lowest quality is larger, the request cannot be
         met and is refused (the message says what the lowest quality gives).
-        `progress` counts the attempts' work as if all ATTEMPTS were made
+        `progress` counts the attempts' work as if all `attempts()` were made
         (the search may end sooner; it then reports completion).
         """
         self.check_options(device=device, target_bpp=target_bpp)
@@ -95,7 +95,7 @@ class ImageCodec(abc.ABC):
             nonlocal made
 
             def report(done: int, total: int) -> None:
-                progress(made * total + done, self.ATTEMPTS * total)
+                progress(made * total + done, self.attempts() * total)
 
             c = self.encode([picture], quality=q, device=device, progress=report if progress else None)[0]
             made += 1
@@ -106,9 +106,15 @@ class ImageCodec(abc.ABC):
             progress(1, 1)
         return best
 
-    #: encodes a --target-bpp search makes at most: both ends, then BISECTIONS halvings
+    #: halvings of the quality range a --target-bpp search makes at most, after trying both ends
     BISECTIONS = 8
-    ATTEMPTS = 2 + BISECTIONS
+
+    def attempts(self) -> int:
+        """Encodes a --target-bpp search makes at most: both ends, then the halvings (fewer where the
+        codec has only whole levels: a 6-level one needs 3, not 8)."""
+        if self.interpolates:
+            return 2 + self.BISECTIONS
+        return 2 + min(self.BISECTIONS, max(self.levels - 2, 0).bit_length())
 
     def _search_bpp(self, attempt: Callable[[float], tuple[Container, float]], target_bpp: float) -> Container:
         best, bpp = attempt(1.0)
@@ -121,7 +127,10 @@ class ImageCodec(abc.ABC):
             return top
         lo, hi = 1.0, float(self.levels)
         for _ in range(self.BISECTIONS):  # quality resolution (levels - 1) / 256
-            mid = (lo + hi) / 2
+            # A codec that rounds qualities down has nothing between two adjacent levels to try.
+            mid = (lo + hi) / 2 if self.interpolates else float((int(lo) + int(hi)) // 2)
+            if mid == lo:
+                break
             c, b = attempt(mid)
             if b <= target_bpp:
                 lo, best = mid, c

@@ -203,11 +203,14 @@ class VQCodec(TiledImageCodec):
             idx = q.nearest(target, keys)
             return q.lookup(idx, values), (level, idx.cpu().numpy())
 
-        with torch.no_grad():
+        def pyramid(x: torch.Tensor) -> list[torch.Tensor]:  # the latent at every level: no rate point's say
             feats = [analysis(x)]
             for down in model.down:
                 feats.append(down(feats[-1]))
-            _, coded = model.coarse_to_fine(feats, nearest, len(sizes), up)
+            return feats
+
+        with torch.no_grad():
+            _, coded = model.coarse_to_fine(self._analysed(x, pyramid), nearest, len(sizes), up)
         return [self._write_indices({level: idx[b] for level, idx in coded}, sizes) for b in range(x.shape[0])]
 
     def _write_indices(self, indices: dict[int, np.ndarray], sizes: dict[int, int]) -> bytes:

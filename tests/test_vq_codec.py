@@ -90,6 +90,28 @@ def test_every_rate_point_round_trips_and_rate_grows(tiny_codec, sample_pixels):
     )
 
 
+def test_a_bpp_search_tries_whole_rate_points_and_analyses_once(tiny_codec, sample_pixels, monkeypatch):
+    """vq-mcq rounds qualities down: the search bisects over rate points (no level encoded twice), runs the
+    analysis once per tile, and finds the highest rate point at or under the target."""
+    from codec.registry import parameters
+
+    picture = Picture.from_array(sample_pixels[:130, :200])
+    bpp = [8 * len(serialize(tiny_codec.encode([picture], quality=q)[0])) / picture.info.pixels
+           for q in range(1, tiny_codec.levels + 1)]  # fmt: skip
+    analyses, tried = [], []
+    analysed, encode_batch = tiny_codec._analysed, tiny_codec._encode_batch
+    monkeypatch.setattr(tiny_codec, "_analysed", lambda x, f: analysed(x, lambda t: analyses.append(1) or f(t)))
+    monkeypatch.setattr(tiny_codec, "_encode_batch", lambda x, q, d: tried.append(q) or encode_batch(x, q, d))
+    for target in ((bpp[1] + bpp[2]) / 2, bpp[-2] + 1e-9):
+        analyses.clear(), tried.clear()
+        found = tiny_codec.encode_to_bpp(picture, target)
+        assert len(set(tried)) == len(tried) <= tiny_codec.attempts() < 2 + tiny_codec.BISECTIONS
+        assert all(q == int(q) for q in tried) and len(analyses) == 1
+        best = max(q for q in range(1, tiny_codec.levels + 1) if bpp[q - 1] <= target)
+        assert parameters(found)["quality"] == best
+        assert serialize(found) == serialize(tiny_codec.encode([picture], quality=best)[0])
+
+
 def test_indices_cost_less_than_fixed_length(tiny_codec, sample_pixels):
     picture = Picture.from_array(sample_pixels[:256, :256])
     container = tiny_codec.encode([picture], quality=tiny_codec.levels)[0]
