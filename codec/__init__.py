@@ -5,8 +5,9 @@
     pictures = codec.decode(files)                      # list of (H, W, C) uint8 arrays
 
 `images` are (H, W) or (H, W, C) uint8 numpy arrays (C = 1, 3, or 4 for the
-lossless codec) or paths; the networks run batched on `device`, entropy
-coding on the CPU. Errors derive from `codec.VqzError`.
+lossless codec), paths, or Pillow images (read as an image file is: a
+palette becomes RGB, CMYK is refused); the networks run batched on
+`device`, entropy coding on the CPU. Errors derive from `codec.VqzError`.
 """
 
 from __future__ import annotations
@@ -15,13 +16,14 @@ import os
 from typing import Sequence, Union
 
 import numpy as np
+from PIL import Image
 
 from bitstream import VqzError, parse, serialize
 from codec.errors import InvalidRequestError
-from codec.media import Picture, read_image
+from codec.media import Picture, picture_from_pil, read_image
 from codec.registry import codec_for, entries, get_codec
 
-ImageLike = Union[np.ndarray, str, os.PathLike]
+ImageLike = Union[np.ndarray, str, os.PathLike, Image.Image]
 
 __all__ = ["VqzError", "Picture", "encode", "decode", "list_codecs", "get_codec"]
 
@@ -31,6 +33,8 @@ def _picture(image: ImageLike) -> Picture:
         return read_image(image)
     if isinstance(image, (bytes, bytearray, memoryview)):
         raise InvalidRequestError("images are arrays or paths: give the image file's path, not its bytes")
+    if isinstance(image, Image.Image):  # its mode says what the pixels mean; as an array a palette is grey
+        return picture_from_pil(image)
     return Picture.from_array(image)
 
 

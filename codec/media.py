@@ -141,16 +141,33 @@ def load_image(data: bytes, name: str = "input", limits: Limits = Limits()) -> P
 
 def _load_image(data: bytes, name: str, limits: Limits) -> Picture:
     im = _open(data, name)
+    _check_still(im, name, limits)
+    depth = declared_bit_depth(data, im)  # first: Pillow's mode says 8-bit RGB for some deeper files
+    if depth > 8:
+        raise UnsupportedMediaError(f"{name}: {depth}-bit images are not supported yet (convert to 8 bits first)")
+    return _picture_of(im, name)
+
+
+def picture_from_pil(im: Image.Image, name: str = "image", limits: Limits = Limits()) -> Picture:
+    """A Pillow image as vqz reads an image file: the same modes refused, the same exact conversions."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        _check_still(im, name, limits)
+        return _picture_of(im, name)
+
+
+def _check_still(im: Image.Image, name: str, limits: Limits) -> None:
     w, h = im.size
     if w * h > limits.max_pixels:
         raise UnsupportedMediaError(f"{name}: {w}x{h} pixels exceed the limit of {limits.max_pixels}")
     frames = _frames(im, name)
     if frames > 1:
         raise UnsupportedMediaError(f"{name}: has {frames} frames; vqz codes still images (extract one frame first)")
+
+
+def _picture_of(im: Image.Image, name: str) -> Picture:
+    """The picture an opened 8-bit-or-less image holds (its mode checked, EXIF orientation applied)."""
     icc = im.info.get("icc_profile") or None
-    depth = declared_bit_depth(data, im)  # first: Pillow's mode says 8-bit RGB for some deeper files
-    if depth > 8:
-        raise UnsupportedMediaError(f"{name}: {depth}-bit images are not supported yet (convert to 8 bits first)")
     mode = im.mode
     if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
         raise UnsupportedMediaError(f"{name}: {mode} images (16/32-bit or float) are not supported yet")

@@ -213,7 +213,7 @@ def get_codec(name: str | None = None) -> ImageCodec:
     """The codec registered under `name` (the default image codec if None)."""
     if name is not None and not isinstance(name, str):
         raise InvalidRequestError(f"a codec is named by a string, not a {type(name).__name__}")
-    name = name or DEFAULT_IMAGE_CODEC
+    name = DEFAULT_IMAGE_CODEC if name is None else name
     if name not in _ENTRIES:
         known = ", ".join(e.name for e in entries())
         raise UnknownCodecError(f"unknown codec {name!r} (known: {known})")

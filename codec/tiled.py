@@ -129,7 +129,7 @@ class TiledImageCodec(ImageCodec):
 
     def _quality(self, quality: float | None) -> float:
         """The quality the header stores (float32-exact, so both sides agree), checked."""
-        if quality is not None and not isinstance(quality, numbers.Real):  # "3", [3], 3j: not a quality
+        if quality is not None and (not isinstance(quality, numbers.Real) or isinstance(quality, bool)):  # "3", True
             raise InvalidRequestError(f"quality must be a number, not {quality!r}")
         q = self.default_quality if quality is None else float(quality)
         if not 1.0 <= q <= self.levels:

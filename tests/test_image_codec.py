@@ -369,10 +369,29 @@ def test_library_api_batches_and_reports_errors(sample_pixels):
         (lambda: codec.encode([images[0]], model=["hyperprior-gmm"]), "string"),
         (lambda: codec.encode([images[0]], model="lossless-delta", device="gpu"), "unknown device"),
         (lambda: codec.encode([b"\x89PNG"]), "path"),
+        (lambda: codec.encode([images[0]], quality=True), "number"),
     ]
     for call, needle in wrong:
         with pytest.raises(InvalidRequestError, match=needle):
             call()
+    with pytest.raises(codec.VqzError, match="unknown codec ''"):  # not the default under another name
+        codec.encode([images[0]], model="")
+
+
+def test_library_takes_pillow_images_as_their_mode_means_them(sample_pixels):
+    """A palette image as an array would be its indices (grey); CMYK as an array would be RGBA."""
+    from PIL import Image
+
+    import codec
+
+    palette = Image.fromarray(sample_pixels[:40, :60]).convert("P")
+    file = codec.encode([palette], model="lossless-delta")[0]
+    assert np.array_equal(codec.decode([file])[0], np.asarray(palette.convert("RGB")))
+    assert codec.encode([Image.fromarray(sample_pixels[:64, :96])], quality=2) == codec.encode(
+        [sample_pixels[:64, :96]], quality=2
+    )
+    with pytest.raises(codec.VqzError, match="CMYK"):
+        codec.encode([Image.new("CMYK", (8, 8))])
 
 
 def test_hyper_latent_tables_follow_the_rate_level():
