@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
+import math
 import os
 import sys
 from pathlib import Path
@@ -246,7 +247,8 @@ def encode(inputs, output, model, quality, target_bpp, device, show_psnr, force)
                     reference = picture.pixels  # what was coded: opaque alpha is dropped by the lossy codecs only
                     if reference.shape[2] != decoded.pixels.shape[2]:
                         reference = picture.without_opaque_alpha().pixels
-                    line += f", PSNR {psnr(reference, decoded.pixels):.2f} dB"
+                    db = psnr(reference, decoded.pixels)
+                    line += ", decoded exactly" if math.isinf(db) else f", PSNR {db:.2f} dB"
                 write_output(out, data, force=force)
             bar.echo(line, err=out is STDOUT)
 

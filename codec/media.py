@@ -14,6 +14,7 @@ word, so the depth the file declares is checked as well.
 from __future__ import annotations
 
 import io
+import math
 import os
 import struct
 import warnings
@@ -216,9 +217,10 @@ def read_image(path: str | os.PathLike | StandardStream, limits: Limits = Limits
 
 
 def psnr(reference: np.ndarray, decoded: np.ndarray) -> float:
-    """PSNR in dB of 8-bit images over all channels (100 dB for identical images)."""
+    """PSNR in dB of 8-bit images over all channels; infinite for identical images (no stand-in number, which
+    would weigh in any average it entered: callers say "exact")."""
     mse = float(np.mean((reference.astype(np.float64) - decoded.astype(np.float64)) ** 2))
-    return 100.0 if mse == 0 else 10 * float(np.log10(255.0**2 / mse))
+    return math.inf if mse == 0 else 10 * float(np.log10(255.0**2 / mse))
 
 
 #: What `vqz decode` writes, by the output's file name ending: lossless formats only, so that writing

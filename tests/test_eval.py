@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import re
 
@@ -10,6 +11,7 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
+from codec.errors import InvalidRequestError
 from tools import baselines, evaluate
 from tools.bdrate import CurvesDoNotOverlapError, bd_quality, bd_rate
 from tools.cli import cli
@@ -170,3 +172,94 @@ def test_bdrate_cli(tmp_path):
     for name, needle in cases + [("nan", "per bpp value"), ("scalar", "per bpp value")]:
         r = runner.invoke(cli, ["bdrate", str(tmp_path / "ref.json"), str(tmp_path / f"{name}.json")])
         assert r.exit_code == 2 and needle in r.stderr and "Traceback" not in r.output, r.output
+
+
+def test_mixed_sizes_exact_copies_and_small_images_are_averaged_honestly(tmp_path, sample_pixels):
+    """bpp is bits over pixels of all images; an exact copy has no finite PSNR (its point leaves the PSNR curve,
+    with a note); MS-SSIM averages the images large enough for it, the same ones for every codec."""
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    Image.fromarray(sample_pixels[:, :200]).save(folder / "big.png")
+    Image.fromarray(sample_pixels[:7, :5]).save(folder / "tiny.png")  # header-dominated bpp, no MS-SSIM
+    Image.fromarray(np.full((170, 170, 3), 128, np.uint8)).save(folder / "flat.png")  # JPEG codes it exactly
+    out = tmp_path / "out"
+    summary = evaluate.evaluate(folder, ["jpeg", "webp"], out, {"jpeg": [30, 95], "webp": [10, 90]})
+    rows = list(csv.DictReader((out / "per_image.csv").open()))
+    sizes = {"big.png": 256 * 200, "tiny.png": 35, "flat.png": 170 * 170}
+    doc = json.loads((out / "jpeg.json").read_text())
+    for q, bpp in zip(doc["results"]["quality"], doc["results"]["bpp"]):
+        mine = [r for r in rows if r["codec"] == "jpeg" and float(r["quality"]) == q]
+        assert bpp == pytest.approx(sum(8 * int(r["bytes"]) for r in mine) / sum(sizes[r["image"]] for r in mine))
+        big = next(r for r in mine if r["image"] == "big.png")
+        assert 0 < float(big["bpp"]) < 8 < float(next(r["bpp"] for r in mine if r["image"] == "tiny.png"))
+    exact = [r for r in rows if r["psnr-rgb"] == ""]
+    assert exact and all(r["image"] == "flat.png" for r in exact)  # null, not a stand-in number
+    assert None in doc["results"]["psnr-rgb"] and any("exactly" in n for n in doc["notes"])
+    assert all(v is None or 0 < v < 1 for v in doc["results"]["ms-ssim"])  # tiny.png left out, not poisoning
+    assert any(v is not None for v in json.loads((out / "webp.json").read_text())["results"]["ms-ssim"])
+    table = (out / "bd.md").read_text()
+    assert "Note: MS-SSIM averages 2 of 3 images" in table and "Note: jpeg decoded images exactly" in table
+    assert summary["notes"] and all(f"Note: {n}." in table for n in summary["notes"])
+
+
+def test_a_failing_codec_is_named_and_finished_work_kept(image_folder, tmp_path, monkeypatch):
+    import dataclasses
+
+    def fussy(pixels, quality):
+        if pixels.shape[1] != 200:  # b.png
+            raise ValueError("boom")
+        return real.encode(pixels, quality)
+
+    real = baselines.CLASSICAL["jpeg"]
+    monkeypatch.setitem(baselines.CLASSICAL, "jpeg", dataclasses.replace(real, encode=fussy))
+    out = tmp_path / "out"
+    with pytest.raises(evaluate.EvalFailedError, match=r"^jpeg at quality 60 failed on b\.png: boom$"):
+        evaluate.evaluate(image_folder, ["webp", "jpeg"], out, {"jpeg": [60], "webp": [10, 90]})
+    assert sorted(p.name for p in (out / "raw").iterdir()) == ["webp_10.json", "webp_90.json"]
+    r = CliRunner().invoke(cli, ["eval", "images", str(image_folder), "--codecs", "jpeg,webp", "--out", str(out)])
+    assert r.exit_code == 2 and "Traceback" not in r.output
+    lines = r.stderr.strip().splitlines()  # the first task of jpeg's default sweep fails
+    assert len(lines) == 1 and lines[0].endswith("error: jpeg at quality 2 failed on b.png: boom"), r.stderr
+
+
+def test_worker_failures_keep_the_tasks_that_finished(image_folder, tmp_path):
+    images, _ = evaluate.load_images(evaluate.list_images(image_folder))
+    finished = []
+    tasks = [evaluate.Task("jpeg", 50.0), evaluate.Task("nonsense", 1.0)]
+    with pytest.raises(Exception, match="unknown codec 'nonsense'"):
+        evaluate._run_in_workers(tasks, images, 2, lambda t, rows: finished.append((t, len(rows))))
+    assert finished == [(tasks[0], 2)]
+
+
+def test_images_too_large_for_a_codec_are_skipped_for_all(tmp_path, sample_pixels):
+    folder = tmp_path / "wide"
+    folder.mkdir()
+    Image.fromarray(sample_pixels[:48, :64]).save(folder / "a.png")
+    Image.new("L", (16384, 2)).save(folder / "wide.png")
+    images, skipped = evaluate.load_images(evaluate.list_images(folder), baselines.resolve(["jpeg", "webp"]))
+    assert list(images) == ["a.png"] and skipped == ["wide.png (16384 pixels a side: webp codes at most 16383)"]
+    images, skipped = evaluate.load_images(evaluate.list_images(folder), baselines.resolve(["jpeg"]))
+    assert sorted(images) == ["a.png", "wide.png"] and skipped == []
+
+
+def test_a_run_leaves_only_its_own_summaries(image_folder, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "mine.json").write_text('{"name": "mine", "results": {"bpp": [1, 2], "psnr-rgb": [30, 33]}}')
+    evaluate.evaluate(image_folder, ["jpeg", "webp"], out, {"jpeg": [20, 90], "webp": [10, 90]})
+    assert (out / "jpeg.json").exists()
+    evaluate.evaluate(image_folder, ["webp"], out, {"webp": [10, 90]})
+    assert not (out / "jpeg.json").exists() and (out / "webp.json").exists() and (out / "mine.json").exists()
+    with pytest.raises(InvalidRequestError, match="jpeg more than once"):
+        evaluate.evaluate(image_folder, ["jpeg", "webp", "jpeg"], out)
+
+
+def test_bdrate_refuses_results_of_other_images(image_folder, tmp_path, sample_pixels):
+    one, two = tmp_path / "one", tmp_path / "two"
+    evaluate.evaluate(image_folder, ["jpeg", "webp"], one, {"jpeg": [20, 90], "webp": [10, 90]})
+    Image.fromarray(sample_pixels[10:, 10:]).save(image_folder / "a.png")  # same name, other pixels
+    evaluate.evaluate(image_folder, ["webp"], two, {"webp": [10, 90]})
+    r = CliRunner().invoke(cli, ["bdrate", str(two / "webp.json"), str(one / "jpeg.json")])
+    assert r.exit_code == 2 and "measured on different images" in r.stderr
+    r = CliRunner().invoke(cli, ["bdrate", str(one / "webp.json"), str(one / "jpeg.json")])
+    assert r.exit_code == 0 and "BD-rate" in r.output

@@ -8,9 +8,12 @@ OpenJPEG; imagecodecs: libjxl), so sizes are honest whole-file sizes.
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import io
 import math
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
@@ -31,6 +34,8 @@ class EvalCodec:
     #: the settings it takes (None: it has none), and whether only whole numbers are distinct settings
     quality_range: tuple[float, float] | None = (0.0, 100.0)
     whole: bool = True
+    #: the longest side its library codes (None: no limit an evaluation meets); larger images are skipped
+    max_side: int | None = None
 
 
 def check_sweep(codec: EvalCodec, sweep: Sequence[float]) -> None:
@@ -117,6 +122,7 @@ CLASSICAL: dict[str, EvalCodec] = {
             _pil_decode,
             _pil_version("jpg"),
             (1.0, 100.0),
+            max_side=65500,  # libjpeg's JPEG_MAX_DIMENSION
         ),
         EvalCodec(
             "webp",
@@ -125,6 +131,7 @@ CLASSICAL: dict[str, EvalCodec] = {
             _pil_encoder("WEBP", method=6),
             _pil_decode,
             _pil_version("webp"),
+            max_side=16383,  # WEBP_MAX_DIMENSION
         ),
         EvalCodec(
             "avif",
@@ -180,10 +187,32 @@ def vqz_codec(model: str) -> EvalCodec:
         qualities,
         encode,
         decode,
-        f"weights {codec.weights_digest.hex()}",
+        f"weights {codec.weights_digest.hex()}; {_vqz_code()}",
         (1.0, float(codec.levels)) if codec.levels else None,
         not codec.interpolates,
     )
+
+
+@functools.cache
+def _vqz_code() -> str:
+    """What besides the weights decides vqz's bytes and pixels: its coding code, torch, the CPU's instructions.
+
+    A digest of every source file of the packages that code (a change of
+    the coder, or of how a convolution is run, changes files or pixels with
+    the same weights: cached results must not outlive it).
+    """
+    import torch
+
+    import bitstream
+    import codec
+    import entropy
+
+    digest = hashlib.sha256()
+    for package in (bitstream, codec, entropy):
+        root = Path(package.__file__).parent
+        for path in sorted(root.rglob("*.py")):
+            digest.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes())
+    return f"code {digest.hexdigest()[:16]}; torch {torch.__version__} ({torch.backends.cpu.get_cpu_capability()})"
 
 
 def resolve(names: Sequence[str]) -> list[EvalCodec]:

@@ -107,6 +107,9 @@ class InvalidResultsError(VqzError):
 def compare(ref: dict, test: dict, metric: str = "psnr-rgb") -> dict:
     """BD-rate and BD-quality of `test` against `ref` (results dicts), on one metric."""
     r, t = ref["results"], test["results"]
+    digests = ref.get("images_digest"), test.get("images_digest")  # vqz eval's summaries carry one
+    if None not in digests and digests[0] != digests[1]:
+        raise InvalidResultsError(f"{ref['name']} and {test['name']} were measured on different images")
     for doc in (ref, test):
         if metric not in doc["results"]:
             raise InvalidResultsError(f"{doc['name']} has no {metric!r} curve")

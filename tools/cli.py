@@ -77,7 +77,7 @@ def eval_images(folder, codecs, qualities, out_dir, reference, anchors, jobs, as
         f"{summary['images']} image{'s' if summary['images'] != 1 else ''}"
         + (f", {len(summary['skipped'])} skipped: " + "; ".join(summary["skipped"]) if summary["skipped"] else "")
     )
-    click.echo(summary["table"], nl=False)
+    click.echo(summary["table"], nl=False)  # its notes included
     click.echo(f"results in {out_dir}/ (per_image.csv, <codec>.json, bd.md, rd.png)")
 
 
