@@ -168,8 +168,12 @@ def test_bdrate_cli(tmp_path):
     (tmp_path / "point.json").write_text(json.dumps({"results": {"bpp": [1], "psnr-rgb": [30]}}))
     (tmp_path / "nan.json").write_text(json.dumps({"results": {"bpp": [1, 2], "psnr-rgb": [30, float("nan")]}}))
     (tmp_path / "scalar.json").write_text(json.dumps({"results": {"bpp": [1, 2], "psnr-rgb": 5}}))
+    (tmp_path / "negative.json").write_text(json.dumps({"results": {"bpp": [-1, 2, 3], "psnr-rgb": [30, 31, 32]}}))
+    (tmp_path / "blank.json").write_text(json.dumps({"results": {"bpp": [1, 2], "psnr-rgb": [None, None]}}))
     cases = [("binary", "schema"), ("short", "per bpp value"), ("point", "two points")]
-    for name, needle in cases + [("nan", "per bpp value"), ("scalar", "per bpp value")]:
+    more = [("nan", "per bpp value"), ("scalar", "per bpp value"), ("negative", "'bpp' needs a positive number"),
+            ("blank", "a defined quality")]  # fmt: skip
+    for name, needle in cases + more:
         r = runner.invoke(cli, ["bdrate", str(tmp_path / "ref.json"), str(tmp_path / f"{name}.json")])
         assert r.exit_code == 2 and needle in r.stderr and "Traceback" not in r.output, r.output
 

@@ -33,7 +33,7 @@ def _prepare(rate: Sequence[float], quality: Sequence[float]) -> tuple[np.ndarra
     keep = np.isfinite(r) & np.isfinite(q) & (r > 0)
     r, q = r[keep], q[keep]
     if r.size < 2:
-        raise ValueError("a curve needs at least two points with positive rate")
+        raise ValueError("a curve needs at least two points with a positive rate and a defined quality")
     order = np.argsort(q)
     return np.log(r[order]), q[order]
 
@@ -83,15 +83,17 @@ def load_results(path: str | Path) -> dict:
         raise InvalidResultsError(f"{path}: not a results file in CompressAI's schema ({exc})") from None
     for metric in ("bpp", *QUALITY_METRICS):  # every curve: one finite number per rate point...
         values = results.get(metric, results["bpp"])
-        undefined_ok = metric != "bpp"  # ...or null where a metric is undefined (MS-SSIM of a small image)
+        rate = metric == "bpp"  # ...or null where a metric is undefined (MS-SSIM of a small image); rates > 0
         if (
             not isinstance(values, list)
             or len(values) != len(results["bpp"])
-            or not all((type(v) in (int, float) and math.isfinite(v)) or (v is None and undefined_ok) for v in values)
-        ):
-            raise InvalidResultsError(
-                f"{path}: {metric!r} needs one finite number (or null) per bpp value ({len(results['bpp'])})"
+            or not all(
+                (type(v) in (int, float) and math.isfinite(v) and (v > 0 or not rate)) or (v is None and not rate)
+                for v in values
             )
+        ):
+            wanted = "a positive number per rate point" if rate else "one finite number (or null) per bpp value"
+            raise InvalidResultsError(f"{path}: {metric!r} needs {wanted} ({len(results['bpp'])})")
     if not any(m in results for m in QUALITY_METRICS):
         raise InvalidResultsError(f"{path}: no quality curve ({', '.join(QUALITY_METRICS)})")
     doc.setdefault("name", Path(path).stem)
