@@ -143,18 +143,41 @@ def load_image(data: bytes, name: str = "input", limits: Limits = Limits()) -> P
 def _load_image(data: bytes, name: str, limits: Limits) -> Picture:
     im = _open(data, name)
     _check_still(im, name, limits)
-    depth = declared_bit_depth(data, im)  # first: Pillow's mode says 8-bit RGB for some deeper files
-    if depth > 8:
-        raise UnsupportedMediaError(f"{name}: {depth}-bit images are not supported yet (convert to 8 bits first)")
+    _check_depth(declared_bit_depth(data, im), name)  # first: Pillow's mode says 8-bit RGB for some deeper files
     return _picture_of(im, name)
 
 
+def _check_depth(depth: int, name: str) -> None:
+    if depth > 8:
+        raise UnsupportedMediaError(f"{name}: {depth}-bit images are not supported yet (convert to 8 bits first)")
+
+
 def picture_from_pil(im: Image.Image, name: str = "image", limits: Limits = Limits()) -> Picture:
-    """A Pillow image as vqz reads an image file: the same modes refused, the same exact conversions."""
+    """A Pillow image as vqz reads an image file: the same modes refused, the same exact conversions.
+
+    Pillow opens a 16-bit RGB PNG as 8-bit "RGB": the depth the file
+    declares is checked where the image still knows its file (its name, or
+    the raw mode of pixels not yet loaded); an image made in memory holds
+    what its mode says.
+    """
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
         _check_still(im, name, limits)
+        if getattr(im, "filename", ""):
+            try:
+                with open(im.filename, "rb") as f:
+                    _check_depth(declared_bit_depth(f.read(), im), name)
+            except OSError:
+                pass  # the file is gone or moved: the pixels Pillow holds are all there is to go by
+        if im.format in ("PNG", "TIFF", "PPM") and any("16" in _raw_mode(t) for t in im.tile or ()):
+            _check_depth(16, name)  # (BMP's "BGR;16" is 5-6-5 colour: 16 bits a pixel, not a sample)
         return _picture_of(im, name)
+
+
+def _raw_mode(tile) -> str:
+    """The raw mode of a not-yet-loaded tile (e.g. "RGB;16B" for a 16-bit PNG that Pillow calls "RGB")."""
+    args = getattr(tile, "args", None)
+    return args if isinstance(args, str) else str(args[0]) if isinstance(args, tuple) and args else ""
 
 
 def _check_still(im: Image.Image, name: str, limits: Limits) -> None:

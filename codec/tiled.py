@@ -153,13 +153,15 @@ class TiledImageCodec(ImageCodec):
         For the part of encoding that comes before the quality has any say
         (the analysis transform: the gains or the codebooks come after it):
         a Kodak image's hyperprior-gmm search took 1.0 s instead of 1.7, the
-        same file. Kept by the tiles' content, as a codec object may be
-        shared and equal tiles have equal analyses.
+        same file. Kept by the tiles' content, shape and device, as a codec
+        object may be shared and equal tiles have equal analyses (a flat
+        1024 x 512 tile and a flat 512 x 1024 one have the same bytes).
         """
         searched = self._searched
         if searched is None:
             return analyse(x)
-        key = hashlib.blake2b(x.cpu().numpy().tobytes(), digest_size=16).digest()
+        where = f"{tuple(x.shape)} {x.dtype} {x.device}".encode()
+        key = hashlib.blake2b(where + x.cpu().numpy().tobytes(), digest_size=16).digest()
         if key not in searched:
             searched[key] = analyse(x)
         return searched[key]

@@ -252,8 +252,13 @@ def test_a_run_leaves_only_its_own_summaries(image_folder, tmp_path):
     (out / "mine.json").write_text('{"name": "mine", "results": {"bpp": [1, 2], "psnr-rgb": [30, 33]}}')
     evaluate.evaluate(image_folder, ["jpeg", "webp"], out, {"jpeg": [20, 90], "webp": [10, 90]})
     assert (out / "jpeg.json").exists()
+    evaluate.evaluate(image_folder, ["webp"], out, {"webp": [10, 90]}, anchors=[out / "jpeg.json"])
+    assert (out / "jpeg.json").exists()  # an anchor of this run is never removed
     evaluate.evaluate(image_folder, ["webp"], out, {"webp": [10, 90]})
     assert not (out / "jpeg.json").exists() and (out / "webp.json").exists() and (out / "mine.json").exists()
+    Image.fromarray(np.zeros((40, 50, 3), np.uint8)).save(image_folder / "c.png")
+    with pytest.raises(InvalidRequestError, match="measured on other images"):
+        evaluate.evaluate(image_folder, ["jpeg"], tmp_path / "o2", {"jpeg": [20, 90]}, anchors=[out / "webp.json"])
     with pytest.raises(InvalidRequestError, match="jpeg more than once"):
         evaluate.evaluate(image_folder, ["jpeg", "webp", "jpeg"], out)
 

@@ -112,6 +112,17 @@ def test_a_bpp_search_runs_the_analysis_once_per_tile(gmm, sample_pixels, monkey
     assert serialize(fresh) == serialize(found) and len(calls) == 2
 
 
+def test_a_bpp_search_tells_tiles_of_equal_bytes_and_other_shapes_apart(gmm, monkeypatch):
+    """A flat picture's 128 x 64 and 64 x 128 edge tiles hold the same bytes: each keeps its own analysis."""
+    from codec import tiled
+    from codec.registry import parameters
+
+    monkeypatch.setattr(tiled, "DEFAULT_TILE", 128)
+    picture = Picture.from_array(np.full((192, 192, 3), 90, np.uint8))
+    found = gmm.encode_to_bpp(picture, 0.2)
+    assert serialize(found) == serialize(gmm.encode([picture], quality=parameters(found)["quality"])[0])
+
+
 def test_batch_equals_one_by_one(gmm, sample_pixels):
     pictures = [
         Picture.from_array(sample_pixels[:100, :120]),
@@ -519,3 +530,26 @@ def test_lossless_colour_residuals_are_coded_against_green():
     size = len(serialize(codec.encode([Picture.from_array(colour)])[0]))
     one = len(serialize(codec.encode([Picture.from_array(grey)])[0]))
     assert size < one + 2 * 600  # red and blue: a table of one symbol and a few bytes each
+
+
+def test_library_refuses_pillow_images_of_16_bit_files(tmp_path):
+    """Pillow opens a 16-bit RGB PNG as 8-bit "RGB": checked as the file would be, by name or raw mode."""
+    import io
+    import struct
+    import zlib
+
+    from PIL import Image
+
+    import codec
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    rows = np.arange(12 * 16 * 3, dtype=">u2").reshape(12, 16 * 3) * 300
+    png = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 16, 12, 16, 2, 0, 0, 0))
+    png += chunk(b"IDAT", zlib.compress(b"".join(b"\0" + r.tobytes() for r in rows))) + chunk(b"IEND", b"")
+    (tmp_path / "deep.png").write_bytes(png)
+    for im in (Image.open(tmp_path / "deep.png"), Image.open(io.BytesIO(png))):
+        assert im.mode == "RGB"
+        with pytest.raises(codec.VqzError, match="16-bit"):
+            codec.encode([im], model="lossless-delta")

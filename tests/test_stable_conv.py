@@ -65,6 +65,13 @@ def test_training_is_an_ordinary_convolution():
     assert torch.equal(conv(x), plain(x))
 
 
+def test_an_unbatched_input_is_nn_conv2ds_to_handle():
+    conv = _stable(4, 6, 3).eval()
+    x = torch.randn(4, 9, 7)
+    with torch.no_grad():
+        assert torch.equal(conv(x), F.conv2d(x[None], conv.weight, conv.bias, padding=1)[0])
+
+
 def test_stable_copies_shape_and_parameters():
     conv = nn.Conv2d(6, 10, 5, stride=2, padding=2, bias=False)
     copy = stable(conv)

@@ -195,12 +195,14 @@ def vqz_codec(model: str) -> EvalCodec:
 
 @functools.cache
 def _vqz_code() -> str:
-    """What besides the weights decides vqz's bytes and pixels: its coding code, torch, the CPU's instructions.
+    """What besides the weights decides vqz's bytes and pixels: its code and tables, libraries, the CPU's instructions.
 
-    A digest of every source file of the packages that code (a change of
-    the coder, or of how a convolution is run, changes files or pixels with
-    the same weights: cached results must not outlive it).
+    A digest of every source and table file of the packages that code (a
+    change of the coder, or of how a convolution is run, changes files or
+    pixels with the same weights: cached results must not outlive it).
     """
+    from importlib.metadata import version
+
     import torch
 
     import bitstream
@@ -210,9 +212,10 @@ def _vqz_code() -> str:
     digest = hashlib.sha256()
     for package in (bitstream, codec, entropy):
         root = Path(package.__file__).parent
-        for path in sorted(root.rglob("*.py")):
+        for path in sorted(p for p in root.rglob("*") if p.suffix in (".py", ".npz")):
             digest.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes())
-    return f"code {digest.hexdigest()[:16]}; torch {torch.__version__} ({torch.backends.cpu.get_cpu_capability()})"
+    libraries = ", ".join(f"{name} {version(name)}" for name in ("torch", "constriction", "compressai", "numpy"))
+    return f"code {digest.hexdigest()[:16]}; {libraries}; CPU {torch.backends.cpu.get_cpu_capability()}"
 
 
 def resolve(names: Sequence[str]) -> list[EvalCodec]:

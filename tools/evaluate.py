@@ -149,7 +149,7 @@ def run_task(task: Task, images: dict[str, np.ndarray], threads: int = 0) -> lis
         except Exception as exc:  # a library's own failure (WebP's size limit, a crash): named, one line
             raise EvalFailedError(
                 f"{task.codec} at quality {task.quality:g} failed on {name}: {str(exc) or type(exc).__name__}"
-            ) from None
+            ) from exc  # (--debug shows where)
     return rows
 
 
@@ -217,8 +217,8 @@ def summarise(codec: baselines.EvalCodec, rows: list[dict], sizes: dict[str, tup
     notes = []
     if exact:
         notes.append(
-            f"{codec.name} decoded images exactly at quality {', '.join(exact)}: no finite mean PSNR, "
-            "so those points are left off its PSNR curve"
+            f"{codec.name} decoded images exactly at quality {', '.join(exact)}: no finite mean PSNR (nor "
+            "MS-SSIM in dB), so those points are left off its PSNR and MS-SSIM-dB curves"
         )
     return {
         "name": codec.name,
@@ -236,14 +236,16 @@ def _summary_name(codec: str) -> str:
     return f"{codec.replace(':', '-')}.json"
 
 
-def _remove_stale_summaries(out_dir: Path, kept: set[str]) -> None:
+def _remove_stale_summaries(out_dir: Path, kept: set[str], anchors: Sequence[Path]) -> None:
     """Delete summaries an earlier run wrote into `out_dir` for codecs this run did not measure.
 
     They would stand beside this run's table and plot, possibly of other
-    images; only JSONs marked as this module's are touched.
+    images; only JSONs marked as this module's are touched, and never one
+    this run took as an anchor.
     """
+    protected = {a.resolve() for a in anchors}
     for path in out_dir.glob("*.json"):
-        if path.name in kept:
+        if path.name in kept or path.resolve() in protected:
             continue
         try:
             stale = json.loads(path.read_text()).get("generator") == GENERATOR
@@ -380,6 +382,10 @@ def evaluate(
     # what the results depend on: the codec's settings (its description) and library versions / weights
     fingerprints = {c.name: f"{c.description}; {c.fingerprint}" for c in codecs}
     digests = _digests(images)
+    images_digest = hashlib.sha256(json.dumps(sorted(digests.items())).encode()).hexdigest()[:16]
+    for path, anchor in zip(anchors, anchor_results):  # an earlier run's summary as an anchor: of these images?
+        if anchor.get("images_digest", images_digest) != images_digest:
+            raise InvalidRequestError(f"--anchor {path} was measured on other images than those in {folder}")
     done: dict[Task, list[dict]] = {}
     for t in tasks:  # resume: reuse results of the same pixels, made by the same library / weights
         saved = _cached(raw / f"{t.key}.json")
@@ -407,7 +413,6 @@ def evaluate(
             finish(t, run_task(t, images))
 
     sizes = {n: a.shape[:2] for n, a in images.items()}
-    images_digest = hashlib.sha256(json.dumps(sorted(digests.items())).encode()).hexdigest()[:16]
     summaries = []
     all_rows = []
     for c in codecs:
@@ -416,7 +421,7 @@ def evaluate(
         s = summarise(c, rows, sizes, images_digest)
         summaries.append(s)
         _atomic_json(out_dir / _summary_name(c.name), s)
-    _remove_stale_summaries(out_dir, {_summary_name(c.name) for c in codecs})
+    _remove_stale_summaries(out_dir, {_summary_name(c.name) for c in codecs}, anchors)
     table_csv = io.StringIO()
     w = csv.DictWriter(table_csv, fieldnames=list(all_rows[0]))
     w.writeheader()

@@ -21,12 +21,14 @@ import torch
 import torch.nn as nn
 
 
-def _onednn_serves(x: torch.Tensor, weight: torch.Tensor) -> bool:
+def _onednn_serves(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> bool:
+    wanted = [x, weight] + ([] if bias is None else [bias])
     return (
         x.device.type == "cpu"
         and x.dtype == torch.float32
+        and x.dim() == 4  # (an unbatched picture is nn.Conv2d's to handle)
         and torch.backends.mkldnn.is_available()
-        and not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad))
+        and not (torch.is_grad_enabled() and any(t.requires_grad for t in wanted))
     )
 
 
@@ -34,7 +36,7 @@ class StableConv2d(nn.Conv2d):
     """`nn.Conv2d` (zero padding, numeric padding) that runs on oneDNN at every size in CPU inference."""
 
     def _conv_forward(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-        if self.padding_mode != "zeros" or isinstance(self.padding, str) or not _onednn_serves(x, weight):
+        if self.padding_mode != "zeros" or isinstance(self.padding, str) or not _onednn_serves(x, weight, bias):
             return super()._conv_forward(x, weight, bias)
         return torch.mkldnn_convolution(x, weight, bias, self.padding, self.stride, self.dilation, self.groups)
 
