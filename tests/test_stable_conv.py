@@ -80,3 +80,12 @@ def test_stable_copies_shape_and_parameters():
     with torch.no_grad():
         x = torch.randn(1, 6, 11, 13)
         assert torch.allclose(copy(x), conv(x), atol=1e-5)
+
+
+def test_inside_torch_compile_it_is_an_ordinary_convolution(monkeypatch):
+    """The compiler's fake tensors cannot run the oneDNN call (a compiled no-grad forward failed with it)."""
+    conv, x = _stable(96, 384, 3), torch.randn(1, 96, 8, 12)
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    with torch.no_grad(), torch.profiler.profile() as prof:
+        conv(x)
+    assert "aten::mkldnn_convolution" not in {e.name for e in prof.events()}

@@ -11,8 +11,9 @@ to 8 threads for every layer shape of both models at sizes from 1 x 1 to
 64 x 64 (and session 13 found the same on an AVX2 machine at 1 to 16), so
 the coding-time copies call oneDNN for every size.
 
-Training is untouched: with gradients wanted, or off the CPU, or where
-oneDNN is absent, this is an ordinary `nn.Conv2d`.
+Training is untouched: with gradients wanted, off the CPU, inside
+`torch.compile`, or where oneDNN is absent, this is an ordinary
+`nn.Conv2d`.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ def _onednn_serves(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | N
         and x.dtype == torch.float32
         and x.dim() == 4  # (an unbatched picture is nn.Conv2d's to handle)
         and torch.backends.mkldnn.is_available()
+        and not torch.compiler.is_compiling()  # (the compiler cannot trace the oneDNN call; training compiles)
         and not (torch.is_grad_enabled() and any(t.requires_grad for t in wanted))
     )
 
