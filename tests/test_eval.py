@@ -96,6 +96,9 @@ def test_eval_of_small_grey_and_transparent_images(tmp_path, sample_pixels, monk
     assert res["ms-ssim"] == [None] * 3 and all(p > 20 for p in res["psnr-rgb"])
     table = (out / "bd.md").read_text()
     assert re.search(r"\| jpeg \| [+-]\d.* \| n/a \|", table), table  # PSNR's BD measured, MS-SSIM's n/a
+    row = next(r for r in summary["bd"] if r["codec"] == "jpeg")  # (--json): numbers or null, and why
+    assert isinstance(row["bd_rate_psnr"], float) and row["bd_rate_msssim"] is None and "bd_rate_psnr" not in row["why"]
+    assert row["why"]["bd_rate_msssim"].startswith("n/a: ") and "defined quality" in row["why"]["bd_rate_msssim"]
     # a cached result is for the same pixels, not the same name
     Image.fromarray(sample_pixels[100:196, :128]).save(folder / "rgb.png")
     calls = []

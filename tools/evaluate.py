@@ -255,13 +255,12 @@ def _remove_stale_summaries(out_dir: Path, kept: set[str], anchors: Sequence[Pat
             path.unlink(missing_ok=True)
 
 
-def _signed(v: float | str, unit: str = "%") -> str:
-    """A BD figure for a table cell, or why there is none."""
-    return v if isinstance(v, str) else f"{v:+.1f}{unit}"
-
-
 def bd_table(results: list[dict], reference: str) -> tuple[str, list[dict]]:
-    """Markdown table of BD-rate (PSNR and MS-SSIM) and BD-PSNR against the reference."""
+    """Markdown table of BD-rate (PSNR and MS-SSIM) and BD-PSNR against the reference, and its rows.
+
+    In the rows, a figure that cannot be had is null, and `why` says why
+    for each such field (the table shows "no overlap" or "n/a").
+    """
     ref = next((r for r in results if r["name"] == reference), None)
     if ref is None:
         raise InvalidRequestError(f"reference codec {reference!r} is not among the evaluated codecs")
@@ -273,22 +272,33 @@ def bd_table(results: list[dict], reference: str) -> tuple[str, list[dict]]:
     for r in results:
         if r is ref:
             continue
-        row = {"codec": r["name"]}
+        row: dict = {"codec": r["name"]}
+        why: dict[str, str] = {}
         for metric, key in (("psnr-rgb", "psnr"), ("ms-ssim-db", "msssim")):
+            fields = (f"bd_rate_{key}", f"bd_{key}")
             try:
                 c = compare(ref, r, metric)  # a delta whose curves do not overlap is None
-                for field, value in ((f"bd_rate_{key}", c["bd_rate_pct"]), (f"bd_{key}", c["bd_quality"])):
-                    row[field] = "no overlap" if value is None else value
+                for field, value in zip(fields, (c["bd_rate_pct"], c["bd_quality"])):
+                    row[field] = value
+                    if value is None:
+                        why[field] = "no overlap"
             except CurvesDoNotOverlapError:
-                row[f"bd_rate_{key}"] = row[f"bd_{key}"] = "no overlap"
-            except InvalidResultsError:  # one point, a metric undefined here, a curve not monotonic
-                row[f"bd_rate_{key}"] = row[f"bd_{key}"] = "n/a"
+                row |= dict.fromkeys(fields)
+                why |= dict.fromkeys(fields, "no overlap")
+            except InvalidResultsError as exc:  # one point, a metric undefined here, a curve not monotonic
+                row |= dict.fromkeys(fields)
+                why |= dict.fromkeys(fields, f"n/a: {exc}")
+        if why:
+            row["why"] = why
         rows.append(row)
+
+        def cell(field: str, unit: str = "%") -> str:
+            return why[field].split(":")[0] if field in why else f"{row[field]:+.1f}{unit}"
 
         bpp = r["results"]["bpp"]
         lines.append(
-            f"| {r['name']} | {_signed(row['bd_rate_psnr'])} | {_signed(row['bd_psnr'], '')} | "
-            f"{_signed(row['bd_rate_msssim'])} | {min(bpp):.3f}-{max(bpp):.3f} |"
+            f"| {r['name']} | {cell('bd_rate_psnr')} | {cell('bd_psnr', '')} | "
+            f"{cell('bd_rate_msssim')} | {min(bpp):.3f}-{max(bpp):.3f} |"
         )
     return "\n".join(lines) + "\n", rows
 
