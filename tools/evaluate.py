@@ -255,6 +255,12 @@ def _remove_stale_summaries(out_dir: Path, kept: set[str], anchors: Sequence[Pat
             path.unlink(missing_ok=True)
 
 
+def _cell(row: dict, field: str, unit: str = "%") -> str:
+    """A BD figure for a table cell, or the short form of why there is none ("no overlap", "n/a")."""
+    why = row.get("why", {})
+    return why[field].split(":")[0] if field in why else f"{row[field]:+.1f}{unit}"
+
+
 def bd_table(results: list[dict], reference: str) -> tuple[str, list[dict]]:
     """Markdown table of BD-rate (PSNR and MS-SSIM) and BD-PSNR against the reference, and its rows.
 
@@ -291,14 +297,10 @@ def bd_table(results: list[dict], reference: str) -> tuple[str, list[dict]]:
         if why:
             row["why"] = why
         rows.append(row)
-
-        def cell(field: str, unit: str = "%") -> str:
-            return why[field].split(":")[0] if field in why else f"{row[field]:+.1f}{unit}"
-
         bpp = r["results"]["bpp"]
         lines.append(
-            f"| {r['name']} | {cell('bd_rate_psnr')} | {cell('bd_psnr', '')} | "
-            f"{cell('bd_rate_msssim')} | {min(bpp):.3f}-{max(bpp):.3f} |"
+            f"| {r['name']} | {_cell(row, 'bd_rate_psnr')} | {_cell(row, 'bd_psnr', '')} | "
+            f"{_cell(row, 'bd_rate_msssim')} | {min(bpp):.3f}-{max(bpp):.3f} |"
         )
     return "\n".join(lines) + "\n", rows
 
